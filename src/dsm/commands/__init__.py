@@ -1,0 +1,1 @@
+"""Implementations of the ``dsm`` sub-commands, one module each."""

@@ -1,0 +1,1 @@
+"""Networks (pure ``nn.Module``s, no policy): Mimi, the DSM language model, conditioners."""

@@ -1,0 +1,105 @@
+"""Token embeddings of the DSM language model (model-spec §2.1).
+
+Every stream of the LM is embedded by a :class:`TokenEmbedding`: a plain lookup table (there
+is no scaling at inference, whatever the reference's class name suggests), with three options
+that the published checkpoints use:
+
+* **zero token** ``-1`` (:data:`ZERO_TOKEN_ID`): the embedding is exactly 0 ("no input");
+* **low rank** (depformer tables): the table has ``rank`` columns and a bias-free
+  ``low_rank`` Linear ``rank -> dim`` follows; the zeroing happens before it, so the output of a
+  zero token stays exactly 0;
+* **demux** (TTS text): a token encodes a pair ``(second + 1) * num_embeddings + main`` and the
+  embedding is ``out1(E[main]) + out2(E[second])`` (the second term is dropped when
+  ``second == -1``), with one shared table ``E``. In this mode ``low_rank`` exists in the
+  checkpoint but is never applied (a reference quirk kept for strict loading).
+
+Parameter names match the checkpoint keys: ``weight``, ``low_rank.weight``, ``out1.weight``,
+``out2.weight`` and, with ``norm_emb``, ``norm.weight`` / ``norm.bias``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ZERO_TOKEN_ID", "TokenEmbedding", "demux_tokens", "mux_tokens"]
+
+# Token id whose embedding is exactly zero: "no input on this stream at this step".
+ZERO_TOKEN_ID = -1
+
+
+def mux_tokens(main: torch.Tensor, second: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """Multiplex two text streams into one id: ``(second + 1) * num_embeddings + main``.
+
+    ``second == -1`` means "no second token". ``num_embeddings`` is ``text_card + 1``.
+    """
+    return (second + 1) * num_embeddings + main
+
+
+def demux_tokens(tokens: torch.Tensor, num_embeddings: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`mux_tokens` for non-negative ids: ``(main, second)``, second may be -1."""
+    return tokens % num_embeddings, tokens // num_embeddings - 1
+
+
+class TokenEmbedding(nn.Module):
+    """Embedding table of one stream, ``[...]`` long ids -> ``[..., dim]``.
+
+    Args:
+        num_embeddings: rows of the table (``card + 1`` or ``text_card + 1``: the last row is
+            the stream's initial token).
+        dim: output width.
+        low_rank: if set, the table has ``low_rank`` columns followed by ``low_rank`` Linear.
+        demux: tokens are multiplexed pairs (see the module docstring).
+        norm: LayerNorm (eps 1e-5) right after the lookup (``norm_emb``, unused by DSM models).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        *,
+        low_rank: int | None = None,
+        demux: bool = False,
+        norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if demux and norm:
+            raise ValueError("a demultiplexing embedding cannot have norm_emb")
+        self.num_embeddings = num_embeddings
+        self.dim = dim
+        self.demux = demux
+        table_dim = low_rank or dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, table_dim))
+        nn.init.normal_(self.weight, std=table_dim**-0.5)
+        self.norm: nn.LayerNorm | None = nn.LayerNorm(table_dim, eps=1e-5) if norm else None
+        self.low_rank: nn.Linear | None = None
+        if low_rank is not None:
+            self.low_rank = nn.Linear(low_rank, dim, bias=False)
+        self.out1: nn.Linear | None = None
+        self.out2: nn.Linear | None = None
+        if demux:
+            self.out1 = nn.Linear(table_dim, dim, bias=False)
+            self.out2 = nn.Linear(table_dim, dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embed ``tokens [...]`` (ids in ``[-1, num_embeddings)``, or muxed pairs) -> ``[..., dim]``."""
+        is_zero = (tokens == ZERO_TOKEN_ID).unsqueeze(-1)
+        safe = tokens.clamp(min=0)
+        if self.out1 is not None and self.out2 is not None:
+            main, second = demux_tokens(safe, self.num_embeddings)
+            y = F.linear(F.embedding(main, self.weight), self.out1.weight)
+            y2 = F.linear(F.embedding(second.clamp(min=0), self.weight), self.out2.weight)
+            y = y + y2.masked_fill((second < 0).unsqueeze(-1), 0.0)
+            return y.masked_fill(is_zero, 0.0)
+        y = F.embedding(safe, self.weight)
+        if self.norm is not None:
+            y = self.norm(y)
+        y = y.masked_fill(is_zero, 0.0)
+        if self.low_rank is not None:
+            y = F.linear(y, self.low_rank.weight)
+        return y
+
+    def extra_repr(self) -> str:
+        rank = "" if self.low_rank is None else f", low_rank={self.weight.shape[1]}"
+        return f"{self.num_embeddings}, {self.dim}{rank}, demux={self.demux}"

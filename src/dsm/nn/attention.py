@@ -1,0 +1,173 @@
+"""Multi-head self- and cross-attention (model-spec §2.2, §2.3).
+
+Parameter names follow the published checkpoints: ``in_proj_weight`` holds the fused bias-free
+q|k|v projection of every weight set, ``[mult * (D + 2 * D_kv), D]``, with the ``(p h d)`` head
+split; ``out_proj.weight`` is ``[mult * D, D]``. ``mult`` is the number of weight sets (1, or
+the depformer's per-step sets).
+
+Neither module owns streaming state: the transformer hands each call an
+:class:`~dsm.nn.kv_cache.AttentionPlan` (positions, mask, where to write) and the layer's
+:class:`~dsm.nn.kv_cache.KVCache`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .kv_cache import AttentionPlan, KVCache
+from .rope import apply_rope
+
+__all__ = ["CrossAttention", "StackedLinear", "StreamingMultiheadAttention"]
+
+
+def _init_uniform(weight: torch.Tensor, fan_in: int) -> None:
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(weight, -bound, bound)
+
+
+class StackedLinear(nn.Module):
+    """``mult`` bias-free linears ``D_in -> D_out`` stored as one ``weight [mult * D_out, D_in]``."""
+
+    def __init__(self, in_features: int, out_features: int, mult: int = 1) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.mult = mult
+        self.weight = nn.Parameter(torch.empty(mult * out_features, in_features))
+        _init_uniform(self.weight, in_features)
+
+    def weight_set(self, index: int) -> torch.Tensor:
+        """``[D_out, D_in]`` view of weight set ``index`` (no copy)."""
+        n = self.out_features
+        return self.weight[index * n : (index + 1) * n]
+
+    def forward(self, x: torch.Tensor, weight_index: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``[B, T, D_in] -> [B, T, D_out]``; position t uses set ``weight_index[t]`` if given."""
+        return _per_step_linear(x, self.weight, self.out_features, weight_index)
+
+
+def _per_step_linear(
+    x: torch.Tensor, weight: torch.Tensor, rows: int, weight_index: tuple[int, ...] | None
+) -> torch.Tensor:
+    if weight_index is None:
+        return F.linear(x, weight)
+    if len(weight_index) == 1:
+        i = weight_index[0]
+        return F.linear(x, weight[i * rows : (i + 1) * rows])
+    outs = [
+        F.linear(x[:, t : t + 1], weight[i * rows : (i + 1) * rows])
+        for t, i in enumerate(weight_index)
+    ]
+    return torch.cat(outs, dim=1)
+
+
+class StreamingMultiheadAttention(nn.Module):
+    """Causal self-attention with RoPE, a ring/step KV cache and optional per-step weights.
+
+    Args:
+        embed_dim: model width ``D``.
+        num_heads: query heads ``H``; head dim is ``D // H``.
+        num_weight_sets: ``mult``, distinct weight sets (depformer per-step weights), else 1.
+        kv_repeat: grouped-query factor; ``H // kv_repeat`` key/value heads.
+    """
+
+    def __init__(
+        self, embed_dim: int, num_heads: int, num_weight_sets: int = 1, kv_repeat: int = 1
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
+        if num_heads % kv_repeat != 0:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of kv_repeat {kv_repeat}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kv_repeat = kv_repeat
+        self.num_kv_heads = num_heads // kv_repeat
+        self.mult = num_weight_sets
+        self.proj_dim = embed_dim + 2 * self.num_kv_heads * self.head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(self.mult * self.proj_dim, embed_dim))
+        _init_uniform(self.in_proj_weight, embed_dim)
+        self.out_proj = StackedLinear(embed_dim, embed_dim, self.mult)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        plan: AttentionPlan,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """``x [B, T, D] -> [B, T, D]``.
+
+        ``rope`` is ``(cos, sin)`` from :meth:`RotaryEmbedding.rotation` or None; without a
+        ``cache`` the chunk attends only to itself (offline).
+        """
+        B, T, D = x.shape
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        proj = _per_step_linear(x, self.in_proj_weight, self.proj_dim, plan.weight_index)
+        if self.kv_repeat == 1:
+            qkv = proj.view(B, T, 3, H, Dh)
+            if rope is not None:
+                qk = apply_rope(qkv[:, :, :2], *rope)  # queries and keys in one pass
+                q, k = qk[:, :, 0], qk[:, :, 1]
+            else:
+                q, k = qkv[:, :, 0], qkv[:, :, 1]
+            v = qkv[:, :, 2]
+        else:
+            q = proj[..., :D].view(B, T, H, Dh)
+            kv = proj[..., D:].view(B, T, 2, Hkv, Dh)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+            if rope is not None:
+                q = apply_rope(q, *rope)
+                k = apply_rope(k, *rope)
+        # q, k, v: [B, T, H(kv), Dh]
+        if cache is None:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            keys, values = cache.store(plan, k, v)
+        # keys, values: [B, Hkv, L, Dh]
+        if self.kv_repeat > 1:
+            keys = keys.repeat_interleave(self.kv_repeat, dim=1)
+            values = values.repeat_interleave(self.kv_repeat, dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=plan.mask)
+        out = out.transpose(1, 2).reshape(B, T, D)
+        return self.out_proj(out, plan.weight_index)
+
+
+class CrossAttention(nn.Module):
+    """Attention from the stream to a fixed source: no RoPE, no mask, no per-step weights.
+
+    ``in_proj_weight [3D, D]``: rows ``[0:D]`` project queries from the stream, rows ``[D:3D]``
+    keys and values from the source. The source's K/V are computed once with
+    :meth:`compute_kv` and reused for every step of a stream.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        _init_uniform(self.in_proj_weight, embed_dim)
+        self.out_proj = StackedLinear(embed_dim, embed_dim, 1)
+
+    def compute_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``src [B, S, D]`` -> ``(k, v)``, each ``[B, H, S, Dh]`` contiguous."""
+        B, S, _ = src.shape
+        D = self.embed_dim
+        kv = F.linear(src, self.in_proj_weight[D:]).view(B, S, 2, self.num_heads, self.head_dim)
+        kv = kv.permute(2, 0, 3, 1, 4).contiguous()  # [2, B, H, S, Dh]
+        return kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``x [B, T, D]`` attends to ``k, v [B, H, S, Dh]``; returns ``[B, T, D]``."""
+        B, T, D = x.shape
+        q = F.linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

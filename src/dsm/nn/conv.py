@@ -1,0 +1,239 @@
+"""Causal streaming 1-d convolutions (spec §3.3).
+
+Both classes keep their ``nn.Conv1d`` / ``nn.ConvTranspose1d`` two attribute levels down
+(``conv.conv`` / ``convtr.convtr``) so parameter names equal the published Mimi keys
+(``encoder.model.0.conv.conv.weight``, ``decoder.model.2.convtr.convtr.weight``).
+
+:class:`StreamingConv1d` is causal: each call convolves ``[previous | x]`` with no other padding,
+where ``previous`` holds the last ``(kernel - 1) * dilation + 1 - stride`` input samples of the
+slot (zeros for a fresh stream, or the first sample repeated in ``"replicate"`` mode). Offline
+calls behave as a fresh stream fed one big chunk.
+
+:class:`StreamingConvTranspose1d` keeps the ``kernel - stride`` overlapping output samples of
+the last call (bias removed) in ``partial`` and adds them to the start of the next call's output.
+Offline calls trim those samples on the right.
+
+Both respect the shared exec mask: a slot whose mask entry is False gets an output but its
+state is left bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dsm.nn.streaming import StreamingModule, StreamingState
+
+__all__ = ["StreamingConv1d", "StreamingConvTranspose1d"]
+
+PAD_MODES = ("constant", "replicate")
+
+
+class _Conv1dHolder(nn.Module):
+    """One naming level between the streaming conv and ``nn.Conv1d`` (checkpoint layout)."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        self.conv = conv
+
+
+class _ConvTr1dHolder(nn.Module):
+    """One naming level between the streaming conv and ``nn.ConvTranspose1d``."""
+
+    def __init__(self, convtr: nn.ConvTranspose1d) -> None:
+        super().__init__()
+        self.convtr = convtr
+
+
+class _ConvState(StreamingState):
+    """Per-slot context of a causal conv.
+
+    Two work buffers ``[B, C, P + T]`` are used in turn: the current one holds the slot's
+    ``previous`` samples in ``[..., :P]``, the input is copied after them, the conv reads the
+    whole buffer and the next ``previous`` is written into the other buffer. This avoids a
+    ``cat`` and any allocation per call once the chunk length ``T`` is stable.
+    """
+
+    def __init__(
+        self, exec_mask: torch.Tensor, channels: int, context: int, dtype: torch.dtype
+    ) -> None:
+        super().__init__(exec_mask)
+        B = self.batch_size
+        self.context = context
+        self.chunk = 0  # T the buffers are sized for; 0 until the first call
+        self.buffers = [
+            torch.zeros(B, channels, context, dtype=dtype, device=exec_mask.device)
+            for _ in range(2)
+        ]
+        self.current = 0
+        # Replicate mode: True until the slot has seen its first sample.
+        self.first = torch.ones(B, dtype=torch.bool, device=exec_mask.device)
+
+    @property
+    def previous(self) -> torch.Tensor:
+        """``[B, C, P]`` the last input samples of every slot (a view)."""
+        return self.buffers[self.current][..., : self.context]
+
+    def work_buffer(self, chunk: int) -> torch.Tensor:
+        """The current ``[B, C, P + chunk]`` buffer, resized (keeping ``previous``) if needed."""
+        if chunk != self.chunk:
+            previous = self.previous.clone()
+            B, C, P = previous.shape
+            self.buffers = [previous.new_zeros(B, C, P + chunk) for _ in range(2)]
+            self.buffers[self.current][..., :P].copy_(previous)
+            self.chunk = chunk
+        return self.buffers[self.current]
+
+    def advance(self) -> torch.Tensor:
+        """Switch buffers; returns the new current buffer (whose ``[..., :P]`` gets written)."""
+        self.current = 1 - self.current
+        return self.buffers[self.current]
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.previous.masked_fill_(mask.view(-1, 1, 1), 0.0)
+        self.first.masked_fill_(mask, True)
+
+
+class StreamingConv1d(StreamingModule):
+    """Causal ``Conv1d`` with per-slot streaming context.
+
+    Input ``[B, C_in, T]`` with ``T`` a positive multiple of ``stride``; output
+    ``[B, C_out, T // stride]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        pad_mode: str = "constant",
+    ) -> None:
+        super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        self.stride = stride
+        effective_kernel = (kernel_size - 1) * dilation + 1
+        if effective_kernel < stride:
+            raise ValueError(
+                f"kernel span {effective_kernel} shorter than stride {stride} is not supported"
+            )
+        self.context = effective_kernel - stride
+        self.conv = _Conv1dHolder(
+            nn.Conv1d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                dilation=dilation,
+                groups=groups,
+                bias=bias,
+            )
+        )
+
+    def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvState | None:
+        """Zeroed ``previous`` samples for ``batch_size`` slots (None when the kernel has none)."""
+        if self.context == 0:
+            return None
+        conv = self.conv.conv
+        return _ConvState(exec_mask, conv.in_channels, self.context, conv.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, T]`` -> ``[B, C_out, T // stride]``."""
+        B, _, T = x.shape
+        assert T > 0 and T % self.stride == 0, (T, self.stride)
+        P = self.context
+        if P == 0:
+            return self.conv.conv(x)
+        state = self._streaming_state
+        if state is None:
+            # Offline: a fresh stream and one chunk.
+            mode = "replicate" if self.pad_mode == "replicate" else "constant"
+            return self.conv.conv(F.pad(x, (P, 0), mode=mode))
+        assert isinstance(state, _ConvState)
+        buffer = state.work_buffer(T)
+        exec_mask = state.exec_mask.view(-1, 1, 1)
+        if self.pad_mode == "replicate":
+            assert T >= P, "replicate padding needs a chunk at least as long as the context"
+            fill = (state.first & state.exec_mask).view(-1, 1, 1)
+            previous = buffer[..., :P]
+            torch.where(fill, x[..., :1], previous, out=previous)
+            state.first.logical_and_(~state.exec_mask)
+        buffer[..., P:].copy_(x)
+        y = self.conv.conv(buffer)
+        following = state.advance()
+        torch.where(exec_mask, buffer[..., T:], buffer[..., :P], out=following[..., :P])
+        return y
+
+
+class _ConvTrState(StreamingState):
+    def __init__(self, exec_mask: torch.Tensor, partial: torch.Tensor) -> None:
+        super().__init__(exec_mask)
+        self.partial = partial  # [B, C_out, K - S] overlap of the last output, bias removed
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.partial.masked_fill_(mask.view(-1, 1, 1), 0.0)
+
+
+class StreamingConvTranspose1d(StreamingModule):
+    """Causal ``ConvTranspose1d`` with overlap-add across calls.
+
+    Input ``[B, C_in, T]``; output ``[B, C_out, T * stride]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size < stride:
+            raise ValueError(f"kernel_size {kernel_size} < stride {stride} is not supported")
+        self.stride = stride
+        self.overlap = kernel_size - stride
+        self.convtr = _ConvTr1dHolder(
+            nn.ConvTranspose1d(
+                in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias
+            )
+        )
+
+    def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvTrState | None:
+        """Zeroed overlap buffer for ``batch_size`` slots (None when kernel == stride)."""
+        if self.overlap == 0:
+            return None
+        weight = self.convtr.convtr.weight
+        partial = torch.zeros(
+            batch_size,
+            self.convtr.convtr.out_channels,
+            self.overlap,
+            dtype=weight.dtype,
+            device=exec_mask.device,
+        )
+        return _ConvTrState(exec_mask, partial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, T]`` -> ``[B, C_out, T * stride]``."""
+        y = self.convtr.convtr(x)  # [B, C_out, (T - 1) * S + K]
+        P = self.overlap
+        if P == 0:
+            return y
+        state = self._streaming_state
+        if state is None:
+            return y[..., :-P]
+        assert isinstance(state, _ConvTrState)
+        y[..., :P] += state.partial
+        tail = y[..., -P:]
+        bias = self.convtr.convtr.bias
+        if bias is not None:
+            tail = tail - bias[:, None]
+        torch.where(state.exec_mask.view(-1, 1, 1), tail, state.partial, out=state.partial)
+        return y[..., :-P]
