@@ -17,6 +17,9 @@ _LAZY = {
     "load_mimi": "dsm.mimi",
     "MimiCodec": "dsm.mimi",
     "load_lm": "dsm.lm",
+    "load_stt": "dsm.stt.model",
+    "SpeechToText": "dsm.stt.model",
+    "Transcript": "dsm.stt.transcript",
     "open_checkpoint": "dsm.checkpoint",
     "parse_config": "dsm.checkpoint",
     "DsmError": "dsm.errors",
@@ -25,12 +28,18 @@ _LAZY = {
     "WeightsError": "dsm.errors",
 }
 
+_SUBPACKAGES = {"audio", "checkpoint", "eval", "generate", "models", "nn", "stt"}
+
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if name in _SUBPACKAGES:
+            value = importlib.import_module(f"dsm.{name}")
+            globals()[name] = value
+            return value
         raise AttributeError(f"module 'dsm' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

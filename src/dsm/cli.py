@@ -13,7 +13,7 @@ from dsm.errors import DsmError
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules, each exposing ``add_parser(subparsers)``.
-_COMMANDS = ("dsm.commands.inspect",)
+_COMMANDS = ("dsm.commands.transcribe", "dsm.commands.eval", "dsm.commands.inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

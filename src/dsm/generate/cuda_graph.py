@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class GraphedPhase:
         fn: Callable[[], None],
         *,
         enabled: bool,
-        pool: tuple[int, int] | None = None,
+        pool: Any = None,
         generators: tuple[torch.Generator, ...] = (),
         warmup_steps: int = 2,
     ) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["greedy_tokens", "resolve_max_top_k", "sample_tokens"]
+__all__ = ["SlotSampler", "greedy_tokens", "resolve_max_top_k", "sample_tokens"]
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
@@ -87,3 +87,73 @@ def sample_tokens(
         noise = torch.empty_like(probs).exponential_(1, generator=generator)
         sampled = (probs / noise).argmax(dim=-1)
     return torch.where(sampling[..., 0], sampled, x.argmax(dim=-1))
+
+
+class SlotSampler:
+    """Per-slot settings on the device, with what does not change between steps precomputed.
+
+    The step only runs the kernels it needs: no argmax/``where`` when every slot samples, no
+    top-k masking when every slot uses ``max_top_k``, only an argmax when every slot is greedy.
+    Those choices are host-side flags, computed by :meth:`update` (call it after changing
+    ``temperature`` or ``top_k``; it may synchronise, so keep it out of the step). Code captured
+    in a CUDA graph must be captured again after an :meth:`update` that changes the flags.
+
+    Args:
+        temperature: ``[B]`` float32, ``<= 0`` = greedy (owned and mutated by the caller).
+        top_k: ``[B]`` long, 0 = no top-k (owned and mutated by the caller).
+        max_top_k: static top-k bound (:func:`resolve_max_top_k`; 0 = no top-k).
+        cardinality: vocabulary size ``N``.
+        generator: optional seeded generator.
+    """
+
+    def __init__(
+        self,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        *,
+        max_top_k: int,
+        cardinality: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.temperature = temperature
+        self.top_k = top_k
+        self.max_top_k = min(max_top_k, cardinality)
+        self.generator = generator
+        self.update()
+
+    def update(self) -> tuple[bool, bool, bool]:
+        """Recompute the derived tensors and flags; returns the flags (any, all, masked)."""
+        sampling = self.temperature > 0
+        self._sampling = sampling
+        self._temp = torch.where(sampling, self.temperature, torch.ones_like(self.temperature))
+        self._temp = self._temp[:, None].to(torch.float32)  # [B, 1]
+        self.any_sampling = bool(sampling.any())
+        self.all_sampling = bool(sampling.all())
+        self.masked = False
+        if self.max_top_k > 0:
+            K = self.max_top_k
+            k = self.top_k
+            k = torch.where(k > 0, k.clamp(max=K), torch.full_like(k, K))
+            self._keep = torch.arange(K, device=k.device)[None] < k[:, None]  # [B, K]
+            self.masked = not bool(self._keep.all())
+        return self.any_sampling, self.all_sampling, self.masked
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` logits -> ``[B]`` tokens (float32 math, like the reference)."""
+        x = logits.float()
+        if not self.any_sampling:
+            return x.argmax(dim=-1)
+        probs = torch.softmax(x / self._temp, dim=-1)
+        if self.max_top_k > 0:
+            top_probs, top_index = probs.topk(self.max_top_k, dim=-1)
+            if self.masked:
+                top_probs = torch.where(self._keep, top_probs, torch.zeros_like(top_probs))
+            noise = torch.empty_like(top_probs).exponential_(1, generator=self.generator)
+            choice = (top_probs / noise).argmax(dim=-1, keepdim=True)
+            sampled = top_index.gather(-1, choice)[:, 0]
+        else:
+            noise = torch.empty_like(probs).exponential_(1, generator=self.generator)
+            sampled = (probs / noise).argmax(dim=-1)
+        if self.all_sampling:
+            return sampled
+        return torch.where(self._sampling, sampled, x.argmax(dim=-1))

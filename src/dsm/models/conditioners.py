@@ -30,6 +30,7 @@ from torch import nn
 
 from dsm.checkpoint.config import ConditionerConfig, FuserConfig
 from dsm.errors import ConfigError
+from dsm.models.embeddings import sinusoidal_embedding
 
 __all__ = [
     "ConditionProvider",
@@ -37,7 +38,6 @@ __all__ = [
     "LUTConditioner",
     "TensorConditioner",
     "fuse_conditions",
-    "sinusoidal_embedding",
 ]
 
 TextInputs = dict[str, list[str | None]]
@@ -223,16 +223,6 @@ class ConditionProvider(nn.Module):
         return out
 
 
-def sinusoidal_embedding(length: int, dim: int, device: torch.device) -> torch.Tensor:
-    """``[1, length, dim]`` float32: ``[cos(p / 10000^(i/(dim/2-1))), sin(...)]``, cos half first."""
-    half = dim // 2
-    positions = torch.arange(length, device=device, dtype=torch.float32).view(1, -1, 1)
-    index = torch.arange(half, device=device, dtype=torch.float32).view(1, 1, -1)
-    base = torch.full([], 10000.0, device=device, dtype=torch.float32)
-    phase = positions / (base ** (index / (half - 1)))
-    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
-
-
 def fuse_conditions(fuser: FuserConfig, conditions: dict[str, torch.Tensor]) -> Conditions:
     """Combine conditioner outputs into the ``sum`` and ``cross`` tensors of :class:`Conditions`."""
     total: torch.Tensor | None = None
@@ -245,6 +235,7 @@ def fuse_conditions(fuser: FuserConfig, conditions: dict[str, torch.Tensor]) -> 
     if fuser.cross:
         cross = torch.cat([conditions[name] for name in fuser.cross], dim=1)
         if fuser.cross_attention_pos_emb:
-            pos = sinusoidal_embedding(cross.shape[1], cross.shape[2], cross.device)
-            cross = cross + fuser.cross_attention_pos_emb_scale * pos.to(cross.dtype)
+            positions = torch.arange(cross.shape[1], device=cross.device).unsqueeze(0)
+            pos = sinusoidal_embedding(positions, cross.shape[2]).to(cross.dtype)
+            cross = cross + fuser.cross_attention_pos_emb_scale * pos
     return Conditions(sum=total, cross=cross)

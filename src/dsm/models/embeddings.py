@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ZERO_TOKEN_ID", "TokenEmbedding", "demux_tokens", "mux_tokens"]
+__all__ = ["ZERO_TOKEN_ID", "TokenEmbedding", "demux_tokens", "mux_tokens", "sinusoidal_embedding"]
 
 # Token id whose embedding is exactly zero: "no input on this stream at this step".
 ZERO_TOKEN_ID = -1
@@ -83,7 +83,7 @@ class TokenEmbedding(nn.Module):
             self.out2 = nn.Linear(table_dim, dim, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Embed ``tokens [...]`` (ids in ``[-1, num_embeddings)``, or muxed pairs) -> ``[..., dim]``."""
+        """``tokens [...]`` (ids in ``[-1, num_embeddings)`` or muxed pairs) -> ``[..., dim]``."""
         is_zero = (tokens == ZERO_TOKEN_ID).unsqueeze(-1)
         safe = tokens.clamp(min=0)
         if self.out1 is not None and self.out2 is not None:
@@ -103,3 +103,23 @@ class TokenEmbedding(nn.Module):
     def extra_repr(self) -> str:
         rank = "" if self.low_rank is None else f", low_rank={self.weight.shape[1]}"
         return f"{self.num_embeddings}, {self.dim}{rank}, demux={self.demux}"
+
+
+def sinusoidal_embedding(
+    positions: torch.Tensor,
+    dim: int,
+    *,
+    max_period: float = 10_000.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``positions [B, T]`` -> ``[B, T, dim]``: ``[cos(p / max_period^(i/(dim/2-1))), sin(...)]``.
+
+    Cosines first, then sines, computed in ``dtype`` (the reference computes the embedding of
+    its ``"sin"`` transformers in the activation dtype and that of the fuser in float32).
+    """
+    half = dim // 2
+    pos = positions.to(dtype).unsqueeze(-1)
+    index = torch.arange(half, device=positions.device, dtype=dtype)
+    base = torch.full([], max_period, device=positions.device, dtype=dtype)
+    phase = pos / (base ** (index / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)

@@ -32,6 +32,9 @@ class Codebook(nn.Module):
     """One codebook level: ``[codebook_size, dim]`` centroids and nearest-centroid search."""
 
     augmented: torch.Tensor
+    _initialized: torch.Tensor
+    cluster_usage: torch.Tensor
+    embedding_sum: torch.Tensor
 
     def __init__(self, dim: int, codebook_size: int) -> None:
         super().__init__()
@@ -106,7 +109,11 @@ class ResidualVectorQuantization(nn.Module):
 
     def codebooks(self) -> list[Codebook]:
         """The levels' codebooks, in order."""
-        return [layer._codebook for layer in self.layers]  # type: ignore[union-attr]
+        codebooks = []
+        for layer in self.layers:
+            assert isinstance(layer, VectorQuantization)
+            codebooks.append(layer._codebook)
+        return codebooks
 
 
 class ResidualVectorQuantizer(nn.Module):

@@ -30,7 +30,7 @@ def _init_uniform(weight: torch.Tensor, fan_in: int) -> None:
 
 
 class StackedLinear(nn.Module):
-    """``mult`` bias-free linears ``D_in -> D_out`` stored as one ``weight [mult * D_out, D_in]``."""
+    """``mult`` bias-free linears ``D_in -> D_out`` in one ``weight [mult * D_out, D_in]``."""
 
     def __init__(self, in_features: int, out_features: int, mult: int = 1) -> None:
         super().__init__()

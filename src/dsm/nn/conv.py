@@ -47,48 +47,16 @@ class _ConvTr1dHolder(nn.Module):
 
 
 class _ConvState(StreamingState):
-    """Per-slot context of a causal conv.
-
-    Two work buffers ``[B, C, P + T]`` are used in turn: the current one holds the slot's
-    ``previous`` samples in ``[..., :P]``, the input is copied after them, the conv reads the
-    whole buffer and the next ``previous`` is written into the other buffer. This avoids a
-    ``cat`` and any allocation per call once the chunk length ``T`` is stable.
-    """
+    """Per-slot context of a causal conv: the last ``P`` input samples of every slot."""
 
     def __init__(
         self, exec_mask: torch.Tensor, channels: int, context: int, dtype: torch.dtype
     ) -> None:
         super().__init__(exec_mask)
-        B = self.batch_size
-        self.context = context
-        self.chunk = 0  # T the buffers are sized for; 0 until the first call
-        self.buffers = [
-            torch.zeros(B, channels, context, dtype=dtype, device=exec_mask.device)
-            for _ in range(2)
-        ]
-        self.current = 0
+        device = exec_mask.device
+        self.previous = torch.zeros(self.batch_size, channels, context, dtype=dtype, device=device)
         # Replicate mode: True until the slot has seen its first sample.
-        self.first = torch.ones(B, dtype=torch.bool, device=exec_mask.device)
-
-    @property
-    def previous(self) -> torch.Tensor:
-        """``[B, C, P]`` the last input samples of every slot (a view)."""
-        return self.buffers[self.current][..., : self.context]
-
-    def work_buffer(self, chunk: int) -> torch.Tensor:
-        """The current ``[B, C, P + chunk]`` buffer, resized (keeping ``previous``) if needed."""
-        if chunk != self.chunk:
-            previous = self.previous.clone()
-            B, C, P = previous.shape
-            self.buffers = [previous.new_zeros(B, C, P + chunk) for _ in range(2)]
-            self.buffers[self.current][..., :P].copy_(previous)
-            self.chunk = chunk
-        return self.buffers[self.current]
-
-    def advance(self) -> torch.Tensor:
-        """Switch buffers; returns the new current buffer (whose ``[..., :P]`` gets written)."""
-        self.current = 1 - self.current
-        return self.buffers[self.current]
+        self.first = torch.ones(self.batch_size, dtype=torch.bool, device=device)
 
     def reset(self, mask: torch.Tensor) -> None:
         self.previous.masked_fill_(mask.view(-1, 1, 1), 0.0)
@@ -145,7 +113,7 @@ class StreamingConv1d(StreamingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, T]`` -> ``[B, C_out, T // stride]``."""
-        B, _, T = x.shape
+        T = x.shape[-1]
         assert T > 0 and T % self.stride == 0, (T, self.stride)
         P = self.context
         if P == 0:
@@ -156,18 +124,18 @@ class StreamingConv1d(StreamingModule):
             mode = "replicate" if self.pad_mode == "replicate" else "constant"
             return self.conv.conv(F.pad(x, (P, 0), mode=mode))
         assert isinstance(state, _ConvState)
-        buffer = state.work_buffer(T)
+        previous = state.previous
         exec_mask = state.exec_mask.view(-1, 1, 1)
         if self.pad_mode == "replicate":
             assert T >= P, "replicate padding needs a chunk at least as long as the context"
             fill = (state.first & state.exec_mask).view(-1, 1, 1)
-            previous = buffer[..., :P]
             torch.where(fill, x[..., :1], previous, out=previous)
             state.first.logical_and_(~state.exec_mask)
-        buffer[..., P:].copy_(x)
-        y = self.conv.conv(buffer)
-        following = state.advance()
-        torch.where(exec_mask, buffer[..., T:], buffer[..., :P], out=following[..., :P])
+        # Every update is an in-place tensor op on state allocated once (no Python-side
+        # bookkeeping per call), so a streaming step can be captured in a CUDA graph.
+        padded = torch.cat([previous, x], dim=-1)  # [B, C, P + T]
+        y = self.conv.conv(padded)
+        torch.where(exec_mask, padded[..., T:], previous, out=previous)
         return y
 
 

@@ -64,9 +64,7 @@ class AttentionPlan:
     weight_index: tuple[int, ...] | None = None
 
 
-def causal_mask(
-    pos_q: torch.Tensor, pos_k: torch.Tensor, context: int | None
-) -> torch.Tensor:
+def causal_mask(pos_q: torch.Tensor, pos_k: torch.Tensor, context: int | None) -> torch.Tensor:
     """``[B, 1, T, L]`` bool: key at ``pos_k [B, L]`` visible from query at ``pos_q [B, T]``.
 
     Visible iff ``0 <= pos_q - pos_k < context`` (no upper bound when ``context`` is None).
@@ -124,9 +122,7 @@ class KVCache:
 class RingPositions:
     """Per-slot positions of a ring KV cache of ``capacity`` entries (window ``context``)."""
 
-    def __init__(
-        self, batch_size: int, capacity: int, context: int, device: torch.device
-    ) -> None:
+    def __init__(self, batch_size: int, capacity: int, context: int, device: torch.device) -> None:
         if capacity < 1:
             raise ValueError(f"ring capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -157,7 +153,7 @@ class RingPositions:
 
     def advance(self, T: int, exec_mask: torch.Tensor) -> AttentionPlan:
         """Plan a call of ``T`` new entries and advance the executing slots' positions."""
-        if T > self.capacity:
+        if self.capacity < T:
             raise ValueError(
                 f"a streaming chunk of {T} steps exceeds the KV cache capacity {self.capacity}; "
                 "feed smaller chunks"

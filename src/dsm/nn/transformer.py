@@ -14,6 +14,7 @@ Module and parameter names match the published checkpoints (``layers.{l}.self_at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -282,7 +283,8 @@ class StreamingTransformer(StreamingModule):
         """Allocate positions and one KV cache per layer for ``batch_size`` slots."""
         if not self.causal:
             raise RuntimeError("streaming needs a causal transformer")
-        param = self.layers[0].self_attn.in_proj_weight
+        layers = self._layer_list()
+        param = layers[0].self_attn.in_proj_weight
         device, dtype = param.device, param.dtype
         positions: RingPositions | StepPositions
         if self.weights_per_step:
@@ -292,7 +294,7 @@ class StreamingTransformer(StreamingModule):
         else:
             raise RuntimeError("streaming needs a context (KV cache capacity) or weights_per_step")
         caches = []
-        for layer in self.layers:
+        for layer in layers:
             attn = layer.self_attn
             caches.append(
                 KVCache(
@@ -311,9 +313,16 @@ class StreamingTransformer(StreamingModule):
         assert state is None or isinstance(state, TransformerState)
         return state
 
+    def _layer_list(self) -> list[StreamingTransformerLayer]:
+        return [cast(StreamingTransformerLayer, layer) for layer in self.layers]
+
     def _cross_kv(self, src: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        src = src.to(self.layers[0].cross_attention.in_proj_weight.dtype)
-        return [layer.cross_attention.compute_kv(src) for layer in self.layers]
+        out = []
+        for layer in self._layer_list():
+            assert layer.cross_attention is not None
+            attn = layer.cross_attention
+            out.append(attn.compute_kv(src.to(attn.in_proj_weight.dtype)))
+        return out
 
     def set_cross_source(self, src: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Set the cross-attention source ``src [B, S, D]`` of the running stream.
@@ -365,12 +374,10 @@ class StreamingTransformer(StreamingModule):
         state = self._state()
         caches: list[KVCache | None]
         if state is None:
-            plan = offline_plan(
-                T, x.device, self.causal, self.context, self._weight_index(0, T)
-            )
+            plan = offline_plan(T, x.device, self.causal, self.context, self._weight_index(0, T))
             caches = [None] * len(self.layers)
         else:
-            if B != state.batch_size:
+            if state.batch_size != B:
                 raise ValueError(f"input has {B} rows, the stream has {state.batch_size} slots")
             positions = state.positions
             if isinstance(positions, StepPositions):

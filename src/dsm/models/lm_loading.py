@@ -1,0 +1,193 @@
+"""Strict loading of DSM language-model weights (model-spec §1.1 step 5, §2.8).
+
+* The model is built on the ``meta`` device (no memory, no init) and the checkpoint tensors are
+  assigned to it, so a 2B-parameter model loads in the time it takes to read (or just map) the
+  file. On CPU, tensors already in the requested dtype stay memory-mapped (no copy).
+* dtype rule of the reference: floating tensors go to the requested dtype, except
+  ``condition_provider.*`` and ``fuser.*`` which are float32. Integer tensors are kept.
+* Keys: the published (fused) layout loads as is; the reference's in-memory layout
+  (``in_projs.{i}.weight`` / ``out_projs.{i}.weight``) is fused first
+  (:func:`fuse_split_projections`).
+* Loading is strict: every missing, unexpected or mis-shaped key is listed in one
+  :class:`~dsm.errors.WeightsError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from dsm.checkpoint.config import CheckpointConfig, LMConfig
+from dsm.errors import CheckpointError, ConfigError, WeightsError
+from dsm.models.lm import LMModel
+
+__all__ = [
+    "FLOAT32_PREFIXES",
+    "check_state_dict",
+    "default_dtype",
+    "fuse_split_projections",
+    "load_lm_from_files",
+    "load_lm_state",
+    "read_safetensors",
+    "target_dtype",
+]
+
+# Checkpoint parts the reference always keeps in float32, whatever the model dtype.
+FLOAT32_PREFIXES = ("condition_provider.", "fuser.")
+
+_SPLIT_KEY = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<index>\d+)\.weight$")
+
+
+def fuse_split_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the reference's in-memory attention keys to the published fused ones.
+
+    ``{p}.in_projs.{i}.weight`` (i = 0..mult-1) become ``{p}.in_proj_weight`` and
+    ``{p}.out_projs.{i}.weight`` become ``{p}.out_proj.weight``, concatenated along dim 0 in
+    index order. Other keys pass through; a state dict already in the published layout is
+    returned unchanged (as a new dict).
+    """
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    for key, value in state.items():
+        match = _SPLIT_KEY.match(key)
+        if match is None:
+            out[key] = value
+        else:
+            groups[(match["prefix"], match["kind"])][int(match["index"])] = value
+    for (prefix, kind), parts in groups.items():
+        name = f"{prefix}.in_proj_weight" if kind == "in_projs" else f"{prefix}.out_proj.weight"
+        if sorted(parts) != list(range(len(parts))):
+            # Leave a gapped set alone: strict checking will report it by name.
+            for i, value in parts.items():
+                out[f"{prefix}.{kind}.{i}.weight"] = value
+            continue
+        out[name] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
+    return out
+
+
+def target_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """dtype a checkpoint tensor is loaded as (the reference's rule, see module docstring)."""
+    if not tensor.dtype.is_floating_point:
+        return tensor.dtype
+    if key.startswith(FLOAT32_PREFIXES):
+        return torch.float32
+    return dtype
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, memory-mapped on CPU (pages are read on first use)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); re-download it"
+        ) from exc
+
+
+def check_state_dict(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[str]]:
+    """Compare key -> shape maps: ``(missing, unexpected, mis-shaped)``, each sorted.
+
+    Mis-shaped entries read ``"key: checkpoint [a, b] vs model [c, d]"``.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [
+        f"{key}: checkpoint {list(found[key])} vs model {list(expected[key])}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key]) != tuple(expected[key])
+    ]
+    return missing, unexpected, wrong
+
+
+def _mismatch_message(
+    what: str, missing: list[str], unexpected: list[str], wrong: list[str]
+) -> str:
+    lines = [f"{what} do not match the LM built from its config:"]
+    for title, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("with a wrong shape", wrong),
+    ):
+        if keys:
+            lines.append(f"  {len(keys)} key(s) {title}:")
+            lines.extend(f"    {key}" for key in keys)
+    lines.append(
+        "Use the config.json and the weights file of the same checkpoint (same repository and "
+        "revision); a -candle or quantized variant needs its own config.json."
+    )
+    return "\n".join(lines)
+
+
+def load_lm_state(
+    model: LMModel,
+    state: dict[str, torch.Tensor],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    what: str = "weights",
+) -> LMModel:
+    """Strictly load ``state`` (published or reference layout) into ``model`` with assign.
+
+    Tensors are cast with :func:`target_dtype` and moved to ``device``; ``model`` may live on
+    the ``meta`` device. Raises :class:`WeightsError` listing every bad key.
+    """
+    state = fuse_split_projections(state)
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    found = {key: tuple(t.shape) for key, t in state.items()}
+    missing, unexpected, wrong = check_state_dict(expected, found)
+    if missing or unexpected or wrong:
+        raise WeightsError(_mismatch_message(what, missing, unexpected, wrong))
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    cast = {
+        key: value.to(device=target, dtype=target_dtype(key, value, dtype))
+        for key, value in state.items()
+    }
+    model.load_state_dict(cast, strict=True, assign=True)
+    # Non-persistent tensors are not in the checkpoint; none may be left on meta.
+    leftover = [n for n, t in model.named_buffers() if t.is_meta]
+    leftover += [n for n, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise AssertionError(f"tensors left on the meta device after loading: {leftover}")
+    return model
+
+
+def default_dtype(device: torch.device | str | None) -> torch.dtype:
+    """bfloat16 on CUDA, float32 elsewhere."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    return torch.bfloat16 if kind == "cuda" else torch.float32
+
+
+def load_lm_from_files(
+    config: CheckpointConfig | LMConfig,
+    weights: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LMModel:
+    """Build the LM of ``config`` on ``meta`` and load ``weights`` (safetensors) strictly.
+
+    ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU. The model is returned in eval
+    mode on ``device`` (CPU by default).
+    """
+    lm_config = config.lm if isinstance(config, CheckpointConfig) else config
+    dtype = dtype or default_dtype(device)
+    try:
+        model = LMModel(lm_config, device="meta", dtype=dtype)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"this LM config describes a model dsm cannot build: {exc}") from exc
+    state = read_safetensors(weights)
+    load_lm_state(model, state, device=device, dtype=dtype, what=f"weights {weights}")
+    return model.eval()

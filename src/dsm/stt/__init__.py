@@ -1,0 +1,1 @@
+"""Speech-to-text: audio in, words with timestamps out."""

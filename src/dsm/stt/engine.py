@@ -1,0 +1,141 @@
+"""The batched STT step: ``B`` slots of Mimi encoder + DSM language model, each on its own clock.
+
+Alignment follows training (model-spec §2.4): a slot's step 0 sees only the initial tokens and
+audio frame ``k`` reaches the model at the slot's step ``k + 1``. The engine keeps a one-frame
+buffer of codes per slot: the codes encoded at a step are fed to the language model at the
+slot's next step. The text token of step 0 is produced before any audio was seen; callers drop
+it, as the reference ``run_inference`` does.
+
+Slots start (``start_slot``), pause (``active`` False) and stop independently; everything is a
+mask on preallocated state. The host reads one ``[B]`` token tensor (and the pause
+probabilities) per step, outside the model step.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from dsm.generate.lmgen import StreamingGenerator
+from dsm.mimi import FRAME_SIZE, MimiCodec, MimiStream
+from dsm.models.lm import LMModel
+from dsm.stt.prompt import PromptForcer
+
+__all__ = ["EngineStep", "SttEngine"]
+
+
+@dataclass
+class EngineStep:
+    """What one engine step produced (host tensors)."""
+
+    tokens: torch.Tensor  # [B] long: the text token of this step for every slot
+    pause: torch.Tensor | None  # [B, n_heads] float32: pause probability per VAD head
+    forced: torch.Tensor | None  # [B] bool: the token was a forced prompt token
+
+
+class SttEngine:
+    """Streaming speech-to-text over ``batch_size`` independent slots."""
+
+    def __init__(
+        self,
+        codec: MimiCodec,
+        lm: LMModel,
+        batch_size: int,
+        *,
+        max_prompt_tokens: int = 0,
+        padding_ids: tuple[int, ...] = (0, 3),
+    ) -> None:
+        self.codec = codec
+        self.lm = lm
+        self.batch_size = batch_size
+        self.device = next(iter(lm.parameters())).device
+        self.n_q = int(lm.n_q)
+        self.prompt: PromptForcer | None = None
+        if max_prompt_tokens > 0:
+            self.prompt = PromptForcer(batch_size, max_prompt_tokens, padding_ids, self.device)
+        self.generator = StreamingGenerator(
+            lm,
+            batch_size,
+            temp=0.0,
+            temp_text=0.0,
+            on_text_logits_hook=self.prompt.on_logits if self.prompt else None,
+            on_text_hook=self._on_text if self.prompt else None,
+        )
+        self._stack: ExitStack | None = None
+        self.stream: MimiStream | None = None
+
+    def _on_text(self, token: torch.Tensor) -> None:
+        assert self.prompt is not None
+        self.prompt.on_token(token, self.generator.exec_mask)
+
+    def __enter__(self) -> SttEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Allocate all state; every slot starts idle (call :meth:`start_slot`)."""
+        if self._stack is not None:
+            raise RuntimeError("engine already started")
+        stack = ExitStack()
+        self.stream = stack.enter_context(self.codec.streaming(self.batch_size, decoder=False))
+        stack.enter_context(self.generator)
+        self._stack = stack
+        B, dev = self.batch_size, self.device
+        self.prev_codes = torch.zeros(B, self.n_q, dtype=torch.long, device=dev)
+        self.pcm = torch.zeros(B, 1, FRAME_SIZE, dtype=torch.float32, device=self.codec.device)
+
+    def close(self) -> None:
+        """Release the streaming state."""
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+            self.stream = None
+
+    def start_slot(self, slots: list[int], prompts: list[list[int]] | None = None) -> None:
+        """Restart ``slots`` as fresh streams (optionally forcing a text prompt in each)."""
+        assert self.stream is not None, "start the engine first"
+        mask = torch.zeros(self.batch_size, dtype=torch.bool)
+        mask[slots] = True
+        self.stream.reset(mask.to(self.codec.device))
+        self.generator.reset(mask.to(self.device))
+        self.prev_codes[mask.to(self.device)] = 0
+        if self.prompt is not None:
+            for i, slot in enumerate(slots):
+                self.prompt.set(slot, prompts[i] if prompts else [])
+        elif prompts and any(prompts):
+            raise ValueError("this engine was built without prompt support (max_prompt_tokens=0)")
+
+    @torch.no_grad()
+    def step(self, pcm: torch.Tensor, active: torch.Tensor, feed: torch.Tensor) -> EngineStep:
+        """One step for every slot.
+
+        Args:
+            pcm: ``[B, 1920]`` float32 audio frame per slot (ignored where ``feed`` is False).
+            active: ``[B]`` bool, slots that advance (the others keep their state).
+            feed: ``[B]`` bool, slots whose frame is real audio to encode; an active slot that
+                is not fed still advances its model by one step (to consume its last frame).
+        """
+        assert self.stream is not None, "start the engine first"
+        B = self.batch_size
+        if pcm.shape != (B, FRAME_SIZE):
+            raise ValueError(f"pcm must have shape [{B}, {FRAME_SIZE}], got {tuple(pcm.shape)}")
+        encode_mask = (active & feed).to(self.codec.device)
+        self.pcm[:, 0].copy_(pcm)
+        self.stream.set_exec_mask(encode_mask)
+        codes = self.stream.encode(self.pcm)[:, :, 0].to(self.device)  # [B, K]
+        self.generator.set_exec_mask(active.to(self.device))
+        out = self.generator.step(self.prev_codes[:, :, None])
+        fed = encode_mask.to(self.device)
+        self.prev_codes.copy_(torch.where(fed[:, None], codes, self.prev_codes))
+        pause = None
+        if out.extra_heads is not None:
+            pause = out.extra_heads[:, :, 0].float().cpu()
+        forced = None
+        if self.prompt is not None:
+            forced = self.prompt.last_forced.cpu()
+        return EngineStep(tokens=out.sampled[:, 0].cpu(), pause=pause, forced=forced)

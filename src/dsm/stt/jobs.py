@@ -1,0 +1,150 @@
+"""One input being transcribed in an engine slot: what to feed, what came out.
+
+A job owns its feed (silence, optional prompt audio, the input streamed from disk, silence),
+turns the slot's text tokens into words, collects pause probabilities, and builds the
+:class:`~dsm.stt.transcript.Transcript` when the model has consumed the last frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from dsm.stt.framing import FeedPlan, feed_chunks, frames_of
+from dsm.stt.transcript import Transcript
+from dsm.stt.vad import EndOfTurnDetector, VadOptions
+from dsm.stt.word_stream import WordStream
+from dsm.tokenizer import TextTokenizer
+
+__all__ = ["SILENCE_PEAK", "TranscriptionJob"]
+
+SILENCE_PEAK = 1e-4  # an input whose samples all stay below this is reported as silent
+
+
+class _CountingAudio:
+    """Wraps the input's chunks to measure its length and loudness on the fly."""
+
+    def __init__(self, chunks: Iterator[np.ndarray]) -> None:
+        self.chunks = chunks
+        self.samples = 0
+        self.peak = 0.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for chunk in self.chunks:
+            chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            if chunk.size:
+                self.samples += int(chunk.shape[0])
+                self.peak = max(self.peak, float(np.abs(chunk).max()))
+            yield chunk
+
+
+class TranscriptionJob:
+    """Feeds one input to a slot and assembles its transcript."""
+
+    def __init__(
+        self,
+        source: str,
+        audio: Iterator[np.ndarray],
+        plan: FeedPlan,
+        tokenizer: TextTokenizer,
+        *,
+        padding_id: int,
+        prompt_audio: np.ndarray | None = None,
+        prompt_tokens: list[int] | None = None,
+        cut_prompt: bool = True,
+        vad: VadOptions | None = None,
+        vad_heads: int = 0,
+    ) -> None:
+        self.source = source
+        self.plan = plan
+        self.tokenizer = tokenizer
+        self.padding_id = padding_id
+        self.prompt_tokens = prompt_tokens or []
+        self.cut_prompt = cut_prompt
+        self._audio = _CountingAudio(audio)
+        self._frames = frames_of(feed_chunks(plan, self._audio, prompt_audio))
+        self.step = 0  # the slot's next step
+        self.fed_all = False
+        self.done = False
+        self.tokens: list[int] = []  # text tokens of steps 1.. (step 0 saw no audio)
+        # Reference prompt script: drop the prompt's frames plus the delay and prefix.
+        self.cut_tokens = 0
+        if plan.prompt_frames and cut_prompt:
+            self.cut_tokens = plan.prompt_frames + int(
+                (plan.delay_seconds + plan.prefix_seconds) * FRAME_RATE
+            )
+        self.words = WordStream(
+            tokenizer.decode,
+            tokenizer.encode,
+            frame_rate=FRAME_RATE,
+            offset_seconds=plan.word_offset_seconds,
+            padding_id=padding_id,
+        )
+        self.pause_rows: list[list[float]] = []
+        self.pause_times: list[float] = []
+        self.end_of_turns: list[float] = []
+        self.detector: EndOfTurnDetector | None = None
+        if vad is not None and vad_heads > 0:
+            self.detector = EndOfTurnDetector(vad, vad_heads)
+
+    def next_frame(self) -> np.ndarray | None:
+        """The next 1920-sample frame to encode, or None once everything was fed."""
+        if self.fed_all:
+            return None
+        frame = next(self._frames, None)
+        if frame is None:
+            self.fed_all = True
+        return frame
+
+    def consume(self, token: int, pause: list[float] | None, forced: bool) -> None:
+        """Take the slot's output of one step; marks the job done after the last frame."""
+        step = self.step
+        self.step += 1
+        if step > 0:
+            index = len(self.tokens)
+            keep = not (forced and self.cut_prompt) and index >= self.cut_tokens
+            self.tokens.append(token if keep else -1)
+            word_token = token if keep else self.padding_id
+            for event in self.words.push(step, word_token):
+                if self.detector is not None and hasattr(event, "text"):
+                    self.detector.on_word()
+            if pause is not None:
+                heard = max(0.0, step / FRAME_RATE - self.plan.input_offset_seconds)
+                self.pause_rows.append(pause)
+                self.pause_times.append(heard)
+                if self.detector is not None and self.detector.update(pause):
+                    self.end_of_turns.append(heard)
+        if self.fed_all:
+            self.done = True
+
+    def result(self) -> Transcript:
+        """The finished transcript (call once :attr:`done`)."""
+        self.words.finish(self.step - 1)
+        kept = [t for t in self.tokens if t > self.padding_id]
+        duration = self._audio.samples / SAMPLE_RATE
+        transcript = Transcript(
+            text=self.tokenizer.decode(kept).strip(),
+            words=list(self.words.words),
+            duration=duration,
+            source=self.source,
+        )
+        if self.pause_rows:
+            transcript.pause = np.asarray(self.pause_rows, dtype=np.float32)
+            transcript.pause_times = np.asarray(self.pause_times, dtype=np.float32)
+            transcript.end_of_turns = list(self.end_of_turns)
+        if self._audio.samples == 0:
+            transcript.warnings.append("the input has no audio samples")
+        elif self._audio.peak < SILENCE_PEAK:
+            transcript.warnings.append("the input is silent (no sample above -80 dBFS)")
+        return transcript
+
+    @property
+    def input_samples(self) -> int:
+        return self._audio.samples
+
+
+def frames_needed(samples: int, plan: FeedPlan) -> int:
+    """Number of frames fed for an input of ``samples`` samples (for progress bars)."""
+    return (plan.left_samples + samples + plan.right_samples) // FRAME_SIZE

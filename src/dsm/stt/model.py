@@ -1,0 +1,350 @@
+"""Speech-to-text: ``dsm.load_stt(...)`` and :class:`SpeechToText`.
+
+``transcribe`` handles one input; ``transcribe_many`` runs many with continuous batching (a slot
+freed by a finished input takes the next one at once); ``stream`` opens a live session that
+takes pcm chunks of any length and sample rate and returns events as soon as the model emits
+them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsm.checkpoint import CheckpointConfig, open_checkpoint
+from dsm.errors import CheckpointError, DsmError
+from dsm.mimi import FRAME_SIZE, MimiCodec
+from dsm.models.lm import LMModel
+from dsm.stt.engine import SttEngine
+from dsm.stt.framing import plan_feed
+from dsm.stt.jobs import TranscriptionJob
+from dsm.stt.transcript import Transcript, TranscriptionFailure
+from dsm.stt.vad import VAD_CHECKPOINT, VadOptions
+from dsm.tokenizer import TextTokenizer
+
+__all__ = ["AudioInput", "SpeechToText", "load_stt"]
+
+DEFAULT_STT = "kyutai/stt-1b-en_fr"
+AudioInput = str | Path | np.ndarray | torch.Tensor
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_stt(
+    source: str | Path = DEFAULT_STT,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    lm_weights: str | Path | None = None,
+    mimi_weights: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+) -> SpeechToText:
+    """Load a speech-to-text checkpoint (hub repo id or local directory).
+
+    ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU. The other keyword arguments
+    replace single files of the checkpoint (paths or ``hf://owner/repo/file``).
+    """
+    from dsm.lm import load_lm_from_files
+    from dsm.mimi import load_mimi
+
+    ckpt = open_checkpoint(
+        source,
+        revision=revision,
+        config=config,
+        lm_weights=lm_weights,
+        mimi_weights=mimi_weights,
+        tokenizer=tokenizer,
+    )
+    cfg = ckpt.config
+    if cfg.lm.dep_q != 0 or cfg.model_type not in ("stt", "moshi"):
+        raise CheckpointError(
+            f"{source} is a {cfg.model_type!r} checkpoint (dep_q={cfg.lm.dep_q}), not speech-to-"
+            f"text; use an STT checkpoint such as {DEFAULT_STT} or kyutai/stt-2.6b-en"
+        )
+    dev = default_device(device)
+    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype)
+    codec = load_mimi(ckpt.mimi_file(), device=dev, num_codebooks=cfg.lm.n_q)
+    text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
+    return SpeechToText(lm, codec, text_tokenizer, cfg, name=str(source))
+
+
+class SpeechToText:
+    """A loaded STT model: Mimi, the DSM language model and the text tokenizer."""
+
+    def __init__(
+        self,
+        lm: LMModel,
+        codec: MimiCodec,
+        tokenizer: TextTokenizer,
+        config: CheckpointConfig,
+        *,
+        name: str = "",
+    ) -> None:
+        self.lm = lm.eval()
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name
+        stt = config.stt
+        self.prefix_seconds = stt.audio_silence_prefix_seconds if stt else 1.0
+        self.delay_seconds = stt.audio_delay_seconds if stt else 5.0
+        self.padding_id = config.text_padding_token_id
+        self.vad_heads = config.lm.extra_heads_num_heads
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def has_vad(self) -> bool:
+        """Whether the checkpoint has semantic-VAD heads."""
+        return self.vad_heads > 0
+
+    def _check_vad(self, vad: bool | VadOptions | None) -> VadOptions | None:
+        if vad is None or vad is False:
+            return None
+        if not self.has_vad:
+            raise DsmError(
+                f"the checkpoint {self.name or ''} has no semantic-VAD heads; use "
+                f"{VAD_CHECKPOINT}, which has them"
+            )
+        return VadOptions() if vad is True else vad
+
+    def _prompt(
+        self, prompt_text: str | None, prompt_audio: AudioInput | None, sample_rate: int | None
+    ) -> tuple[list[int], np.ndarray | None]:
+        tokens = self.tokenizer.encode(prompt_text) if prompt_text else []
+        audio = None
+        if prompt_audio is not None:
+            from dsm.audio import load_audio
+
+            audio = load_audio(prompt_audio, sample_rate=sample_rate)
+            if audio.size == 0:
+                raise DsmError("the audio prompt has no samples")
+        return tokens, audio
+
+    def _job(
+        self,
+        item: AudioInput,
+        *,
+        sample_rate: int | None,
+        prompt: tuple[list[int], np.ndarray | None],
+        cut_prompt: bool,
+        vad: VadOptions | None,
+    ) -> TranscriptionJob:
+        name, chunks = _open_input(item, sample_rate)
+        tokens, prompt_audio = prompt
+        plan = plan_feed(
+            self.prefix_seconds,
+            self.delay_seconds,
+            0 if prompt_audio is None else int(prompt_audio.shape[0]),
+        )
+        return TranscriptionJob(
+            name,
+            chunks,
+            plan,
+            self.tokenizer,
+            padding_id=self.padding_id,
+            prompt_audio=prompt_audio,
+            prompt_tokens=tokens,
+            cut_prompt=cut_prompt,
+            vad=vad,
+            vad_heads=self.vad_heads,
+        )
+
+    def transcribe(
+        self,
+        audio: AudioInput,
+        *,
+        sample_rate: int | None = None,
+        vad: bool | VadOptions | None = None,
+        prompt_text: str | None = None,
+        prompt_audio: AudioInput | None = None,
+        prompt_sample_rate: int | None = None,
+        cut_prompt: bool = True,
+    ) -> Transcript:
+        """Transcribe one input: a file path, or a numpy array / tensor (give ``sample_rate``).
+
+        Raises :class:`~dsm.errors.DsmError` (or ``ValueError``) if the input can't be read.
+        """
+        result = self.transcribe_many(
+            [audio],
+            sample_rate=sample_rate,
+            vad=vad,
+            prompt_text=prompt_text,
+            prompt_audio=prompt_audio,
+            prompt_sample_rate=prompt_sample_rate,
+            cut_prompt=cut_prompt,
+            batch_size=1,
+            progress=False,
+        )[0]
+        if isinstance(result, TranscriptionFailure):
+            if result.error is not None:
+                raise result.error
+            raise DsmError(str(result))
+        return result
+
+    def transcribe_many(
+        self,
+        inputs: Sequence[AudioInput],
+        *,
+        batch_size: int = 8,
+        sample_rate: int | None = None,
+        vad: bool | VadOptions | None = None,
+        prompt_text: str | None = None,
+        prompt_audio: AudioInput | None = None,
+        prompt_sample_rate: int | None = None,
+        cut_prompt: bool = True,
+        progress: bool = True,
+        on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None = None,
+    ) -> list[Transcript | TranscriptionFailure]:
+        """Transcribe many inputs with continuous batching; results in input order.
+
+        An input that can't be read gives a :class:`TranscriptionFailure` in its place and
+        does not stop the others. ``on_result(index, result)`` is called as each one finishes.
+        """
+        vad_options = self._check_vad(vad)
+        prompt = self._prompt(prompt_text, prompt_audio, prompt_sample_rate)
+        results: list[Transcript | TranscriptionFailure | None] = [None] * len(inputs)
+        if not inputs:
+            return []
+        B = max(1, min(batch_size, len(inputs)))
+        bar = _progress(len(inputs), progress)
+
+        def finish(index: int, result: Transcript | TranscriptionFailure) -> None:
+            results[index] = result
+            if on_result is not None:
+                on_result(index, result)
+            if bar is not None:
+                bar.update(1)
+
+        pending: deque[int] = deque(range(len(inputs)))
+        slots: list[tuple[int, TranscriptionJob] | None] = [None] * B
+        with SttEngine(self.codec, self.lm, B, max_prompt_tokens=len(prompt[0])) as engine:
+            pcm = torch.zeros(B, FRAME_SIZE, dtype=torch.float32)
+            while pending or any(s is not None for s in slots):
+                _fill_slots(self, engine, slots, pending, prompt, cut_prompt, vad_options,
+                            sample_rate, inputs, finish)  # fmt: skip
+                if all(s is None for s in slots):
+                    break
+                active = torch.zeros(B, dtype=torch.bool)
+                feed = torch.zeros(B, dtype=torch.bool)
+                pcm.zero_()
+                for b, entry in enumerate(slots):
+                    if entry is None:
+                        continue
+                    index, job = entry
+                    try:
+                        frame = job.next_frame()
+                    except (DsmError, ValueError, OSError, RuntimeError) as exc:
+                        finish(index, TranscriptionFailure(job.source, str(exc), exc))
+                        slots[b] = None
+                        continue
+                    active[b] = True
+                    if frame is not None:
+                        pcm[b] = torch.from_numpy(frame)
+                        feed[b] = True
+                out = engine.step(pcm.to(self.codec.device), active, feed)
+                tokens = out.tokens.tolist()
+                pauses = out.pause.tolist() if out.pause is not None else None
+                forced = out.forced.tolist() if out.forced is not None else None
+                for b, entry in enumerate(slots):
+                    if entry is None or not active[b]:
+                        continue
+                    index, job = entry
+                    job.consume(
+                        int(tokens[b]),
+                        pauses[b] if pauses is not None else None,
+                        bool(forced[b]) if forced is not None else False,
+                    )
+                    if job.done:
+                        finish(index, job.result())
+                        slots[b] = None
+        if bar is not None:
+            bar.close()
+        return [r for r in results if r is not None]
+
+    def stream(
+        self,
+        *,
+        sample_rate: int | None = None,
+        vad: bool | VadOptions | None = None,
+        prompt_text: str | None = None,
+    ) -> Any:
+        """Open a live :class:`~dsm.stt.session.SttSession` (push pcm, receive events)."""
+        from dsm.stt.session import SttSession
+
+        return SttSession(
+            self,
+            sample_rate=sample_rate or self.sample_rate,
+            vad=self._check_vad(vad),
+            prompt_tokens=self.tokenizer.encode(prompt_text) if prompt_text else [],
+        )
+
+
+def _fill_slots(
+    stt: SpeechToText,
+    engine: SttEngine,
+    slots: list[tuple[int, TranscriptionJob] | None],
+    pending: deque[int],
+    prompt: tuple[list[int], np.ndarray | None],
+    cut_prompt: bool,
+    vad: VadOptions | None,
+    sample_rate: int | None,
+    inputs: Sequence[AudioInput],
+    finish: Callable[[int, Transcript | TranscriptionFailure], None],
+) -> None:
+    """Give every free slot the next input that opens; failures are reported, not raised."""
+    started: list[int] = []
+    for b in range(len(slots)):
+        while slots[b] is None and pending:
+            index = pending.popleft()
+            try:
+                job = stt._job(
+                    inputs[index], sample_rate=sample_rate, prompt=prompt,
+                    cut_prompt=cut_prompt, vad=vad,
+                )  # fmt: skip
+            except (DsmError, ValueError, OSError, RuntimeError) as exc:
+                finish(index, TranscriptionFailure(_name_of(inputs[index]), str(exc), exc))
+                continue
+            slots[b] = (index, job)
+            started.append(b)
+    if started:
+        engine.start_slot(started, [prompt[0]] * len(started) if prompt[0] else None)
+
+
+def _name_of(item: AudioInput) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"<{type(item).__name__} {tuple(getattr(item, 'shape', ()))}>"
+
+
+def _open_input(item: AudioInput, sample_rate: int | None) -> tuple[str, Iterator[np.ndarray]]:
+    """A name and the input's 24 kHz mono chunks (files are decoded incrementally)."""
+    from dsm.audio import load_audio, stream_audio
+
+    if isinstance(item, (str, Path)):
+        path = Path(item)  # files carry their own rate: sample_rate applies to arrays only
+        return str(path), iter(stream_audio(path, chunk_samples=FRAME_SIZE * 25))
+    audio = load_audio(item, sample_rate=sample_rate)
+    return _name_of(item), iter([audio])
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total <= 1:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", desc="transcribing")

@@ -1,0 +1,179 @@
+"""A live STT session: push pcm as it arrives, get words and pause events at once.
+
+Events, in the order the model produces them:
+
+* :class:`~dsm.stt.word_stream.WordStart` ``(index, text, start)``: a word, as soon as its
+  pieces are complete;
+* :class:`~dsm.stt.word_stream.WordEnd` ``(index, end)``: that word's end time;
+* :class:`PauseUpdate` ``(time, probabilities)``: with VAD, every 80 ms;
+* :class:`EndOfTurn` ``(time)``: with VAD, once per turn.
+
+Times are seconds of the session's audio. ``flush()`` drains the model's delay by feeding
+silence as fast as the model runs, so the last words arrive without waiting in real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from dsm.stt.engine import SttEngine
+from dsm.stt.framing import plan_feed
+from dsm.stt.vad import EndOfTurnDetector, VadOptions
+from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+
+if TYPE_CHECKING:
+    from dsm.stt.model import SpeechToText
+
+__all__ = ["EndOfTurn", "PauseUpdate", "SttEvent", "SttSession"]
+
+
+@dataclass(frozen=True)
+class PauseUpdate:
+    """Pause probabilities at horizons 0.5, 1, 2, 3 s after ``time`` seconds of audio."""
+
+    time: float
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class EndOfTurn:
+    """The end-of-turn detector fired after ``time`` seconds of audio."""
+
+    time: float
+
+
+SttEvent = WordStart | WordEnd | PauseUpdate | EndOfTurn
+
+
+class SttSession:
+    """One live stream on its own engine slot (see the module docstring)."""
+
+    def __init__(
+        self,
+        stt: SpeechToText,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        vad: VadOptions | None = None,
+        prompt_tokens: list[int] | None = None,
+    ) -> None:
+        from dsm.audio import StreamResampler
+
+        self.stt = stt
+        self.sample_rate = sample_rate
+        self.resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
+        self.plan = plan_feed(stt.prefix_seconds, stt.delay_seconds)
+        prompt_tokens = prompt_tokens or []
+        self.engine = SttEngine(stt.codec, stt.lm, 1, max_prompt_tokens=len(prompt_tokens))
+        self.engine.start()
+        self.engine.start_slot([0], [prompt_tokens] if prompt_tokens else None)
+        self.words = WordStream(
+            stt.tokenizer.decode,
+            stt.tokenizer.encode,
+            frame_rate=FRAME_RATE,
+            offset_seconds=self.plan.word_offset_seconds,
+            padding_id=stt.padding_id,
+        )
+        self.detector = EndOfTurnDetector(vad, stt.vad_heads) if vad is not None else None
+        self.step_index = 0
+        self.tokens: list[int] = []
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._pcm = torch.zeros(1, FRAME_SIZE, dtype=torch.float32)
+        self._closed = False
+        self._pending_prefix = self.plan.left_samples
+
+    def __enter__(self) -> SttSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def push(
+        self, pcm: np.ndarray | torch.Tensor, sample_rate: int | None = None
+    ) -> list[SttEvent]:
+        """Add audio (mono ``[S]`` or ``[C, S]``, at the session's rate); returns new events."""
+        if self._closed:
+            raise RuntimeError("this STT session is closed")
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise ValueError(
+                f"this session takes {self.sample_rate} Hz audio; open a session with "
+                f"sample_rate={sample_rate} for this stream"
+            )
+        audio = _as_mono(pcm)
+        if self.resampler is not None:
+            audio = self.resampler.push(audio)
+        return self._feed(audio)
+
+    def _feed(self, audio: np.ndarray) -> list[SttEvent]:
+        events: list[SttEvent] = []
+        if self._pending_prefix:
+            silence = np.zeros(self._pending_prefix, dtype=np.float32)
+            self._pending_prefix = 0
+            audio = np.concatenate([silence, audio])
+        self._buffer = np.concatenate([self._buffer, audio.astype(np.float32, copy=False)])
+        n_full = self._buffer.shape[0] // FRAME_SIZE
+        for i in range(n_full):
+            events += self._step(self._buffer[i * FRAME_SIZE : (i + 1) * FRAME_SIZE])
+        self._buffer = self._buffer[n_full * FRAME_SIZE :]
+        return events
+
+    def flush(self) -> list[SttEvent]:
+        """Drain the model's delay now (silence fed faster than real time); closes open words."""
+        if self._closed:
+            raise RuntimeError("this STT session is closed")
+        events: list[SttEvent] = []
+        if self.resampler is not None:
+            events += self._feed(self.resampler.flush())
+        pad = (-self._buffer.shape[0]) % FRAME_SIZE
+        events += self._feed(np.zeros(pad + self.plan.right_samples, dtype=np.float32))
+        events += self._step(None)
+        events += list(self.words.finish(self.step_index - 1))
+        return events
+
+    def _step(self, frame: np.ndarray | None) -> list[SttEvent]:
+        feed = torch.tensor([frame is not None])
+        if frame is not None:
+            self._pcm[0] = torch.from_numpy(np.ascontiguousarray(frame))
+        out = self.engine.step(self._pcm.to(self.stt.codec.device), torch.tensor([True]), feed)
+        step = self.step_index
+        self.step_index += 1
+        if step == 0:
+            return []
+        token = int(out.tokens[0])
+        forced = bool(out.forced[0]) if out.forced is not None else False
+        self.tokens.append(token)
+        events: list[SttEvent] = []
+        for event in self.words.push(step, self.stt.padding_id if forced else token):
+            events.append(event)
+            if isinstance(event, WordStart) and self.detector is not None:
+                self.detector.on_word()
+        if out.pause is not None and self.detector is not None:
+            probs = tuple(float(p) for p in out.pause[0].tolist())
+            time = max(0.0, step / FRAME_RATE - self.plan.input_offset_seconds)
+            events.append(PauseUpdate(time, probs))
+            if self.detector.update(probs):
+                events.append(EndOfTurn(time))
+        return events
+
+    def close(self) -> None:
+        """Release the session's state."""
+        if not self._closed:
+            self.engine.close()
+            self._closed = True
+
+
+def _as_mono(pcm: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(pcm, torch.Tensor):
+        pcm = pcm.detach().cpu().float().numpy()
+    audio = np.asarray(pcm, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    if audio.ndim != 1:
+        raise ValueError(f"pcm must be [samples] or [channels, samples], got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError("pcm contains NaN or infinite samples")
+    return audio

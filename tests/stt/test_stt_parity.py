@@ -1,0 +1,103 @@
+"""dsm's transcripts equal the reference pipeline's on the same weights and audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dsm
+from tests.helpers.reference_mimi import speech_like
+from tests.helpers.reference_stt import ReferenceStt, reference_transcribe
+
+
+def _audio(seconds: float, seed: int) -> np.ndarray:
+    return speech_like(seconds, seed=seed)[0, 0].numpy().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def stt(stt_dir: Path) -> dsm.SpeechToText:
+    return dsm.load_stt(stt_dir, device="cpu")
+
+
+def test_single_input_equals_reference(stt: dsm.SpeechToText, ref_stt: ReferenceStt) -> None:
+    pcm = _audio(2.0, seed=1)  # 25 frames + 1.5 s of padding: well past the 12-step context
+    ref_text, ref_tokens = reference_transcribe(ref_stt, pcm)
+    result = stt.transcribe(pcm, sample_rate=24000)
+    # Same non-special tokens (so same text) as the reference.
+    assert result.text == ref_text.strip()
+    assert len(ref_tokens) > 2 * ref_stt.config["context"]
+    print(f"reference tokens: {len(ref_tokens)}, text: {ref_text!r}")
+
+
+def test_batch_equals_single(stt: dsm.SpeechToText, ref_stt: ReferenceStt) -> None:
+    inputs = [_audio(s, seed=i) for i, s in enumerate((1.2, 2.6, 0.5, 1.9, 0.9))]
+    singles = [stt.transcribe(x, sample_rate=24000).text for x in inputs]
+    batched = stt.transcribe_many(inputs, batch_size=2, sample_rate=24000, progress=False)
+    assert [r.text for r in batched] == singles  # type: ignore[union-attr]
+    refs = [reference_transcribe(ref_stt, x)[0].strip() for x in inputs]
+    assert singles == refs
+
+
+def test_words_and_vad(stt: dsm.SpeechToText) -> None:
+    pcm = _audio(2.0, seed=3)
+    result = stt.transcribe(pcm, sample_rate=24000, vad=True)
+    assert result.pause is not None and result.pause.shape[1] == 4
+    assert result.pause_times is not None and len(result.pause_times) == result.pause.shape[0]
+    assert np.all((result.pause >= 0) & (result.pause <= 1))
+    for word in result.words:
+        assert 0.0 <= word.start <= word.end
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts)
+    d = result.to_dict(vad=True)
+    assert set(d) >= {"text", "words", "vad"}
+
+
+def test_streaming_session_equals_offline(stt: dsm.SpeechToText) -> None:
+    pcm = _audio(2.0, seed=4)
+    offline = stt.transcribe(pcm, sample_rate=24000)
+    with stt.stream() as session:
+        events = []
+        rng = np.random.default_rng(0)
+        pos = 0
+        while pos < pcm.shape[0]:
+            n = int(rng.integers(100, 5000))
+            events += session.push(pcm[pos : pos + n])
+            pos += n
+        events += session.flush()
+    texts = [e.text for e in events if isinstance(e, dsm.stt.word_stream.WordStart)]
+    assert texts == [w.text for w in offline.words]
+    kept = [t for t in session.tokens if t > 3]
+    assert stt.tokenizer.decode(kept).strip() == offline.text
+
+
+def test_bad_inputs_fail_cleanly(stt: dsm.SpeechToText, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        stt.transcribe(np.zeros(24000, dtype=np.float32))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    good = _audio(0.5, seed=0)
+    results = stt.transcribe_many(
+        [bad, good, tmp_path / "missing.mp3"], batch_size=2, sample_rate=24000, progress=False
+    )
+    assert isinstance(results[1], dsm.Transcript)
+    assert isinstance(results[0], dsm.stt.transcript.TranscriptionFailure)
+    assert isinstance(results[2], dsm.stt.transcript.TranscriptionFailure)
+    assert "missing.mp3" in str(results[2])
+
+
+def test_vad_without_heads_names_the_checkpoint(stt: dsm.SpeechToText) -> None:
+    stt.vad_heads, saved = 0, stt.vad_heads
+    try:
+        with pytest.raises(dsm.DsmError, match="stt-1b-en_fr-candle"):
+            stt.transcribe(np.zeros(1920, dtype=np.float32), sample_rate=24000, vad=True)
+    finally:
+        stt.vad_heads = saved
+
+
+def test_silent_input_warns(stt: dsm.SpeechToText) -> None:
+    result = stt.transcribe(np.zeros(24000, dtype=np.float32), sample_rate=24000)
+    assert any("silent" in w for w in result.warnings)
+    torch.manual_seed(0)
