@@ -40,6 +40,8 @@ from dsm.models.lm import LMModel
 from dsm.models.lm_loading import load_lm_state
 from tests.helpers.published_configs import stt_1b_en_fr, tts_1p6b_en_fr
 from tests.helpers.reference_lm import (
+    STT_LIKE,
+    TTS_LIKE,
     make_reference_lm,
     reference_condition_tensors,
 )
@@ -106,22 +108,34 @@ def measure(
     }
 
 
-def raw_config(kind: str, layers: int) -> dict[str, Any]:
-    raw = stt_1b_en_fr() if kind == "stt" else tts_1p6b_en_fr()
+def raw_config(kind: str, layers: int, shape: str) -> dict[str, Any]:
+    if shape == "small":
+        raw = dict(STT_LIKE if kind == "stt" else TTS_LIKE)
+    else:
+        raw = stt_1b_en_fr() if kind == "stt" else tts_1p6b_en_fr()
     raw["num_layers"] = layers
     return raw
 
 
-def tts_inputs(B: int, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+def tts_inputs(lm: LMModel, B: int, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """cfg 2.0 + control, and a speaker tensor over 625 positions (10 for the small shape)."""
     gen = torch.Generator().manual_seed(0)
     text = {"cfg": ["2.0"] * B, "control": ["ok"] * B}
-    speaker = torch.randn(B, SPEAKER_POSITIONS, 512, generator=gen).to(device)
-    mask = torch.ones(B, SPEAKER_POSITIONS, dtype=torch.bool, device=device)
+    dim = _speaker_dim(lm)
+    positions = SPEAKER_POSITIONS if dim == 512 else 10
+    speaker = torch.randn(B, positions, dim, generator=gen).to(device)
+    mask = torch.ones(B, positions, dtype=torch.bool, device=device)
     return text, {"speaker_wavs": (speaker, mask)}
 
 
-def build(kind: str, layers: int) -> tuple[Any, dict[str, Any]]:
-    raw = raw_config(kind, layers)
+def _speaker_dim(lm: LMModel) -> int:
+    assert lm.condition_provider is not None
+    conditioner: Any = lm.condition_provider.conditioners["speaker_wavs"]
+    return int(conditioner.dim)
+
+
+def build(kind: str, layers: int, shape: str) -> tuple[Any, dict[str, Any]]:
+    raw = raw_config(kind, layers, shape)
     return make_reference_lm(raw, seed=0), raw
 
 
@@ -139,12 +153,12 @@ def bench_point(
     device = lm.device
     if kind == "stt":
         sampling: dict[str, Any] = dict(temp=0.0, temp_text=0.0)
-        inputs = torch.randint(0, 2048, (B, 32, 1), device=device)
+        inputs = torch.randint(0, lm.card, (B, lm.n_q, 1), device=device)
         cond_ref = cond_dsm = None
     else:
         sampling = dict(temp=0.6, temp_text=0.6, top_k=250, top_k_text=25)
         inputs = torch.zeros(B, 0, 1, dtype=torch.long, device=device)
-        text, tensors = tts_inputs(B, device)
+        text, tensors = tts_inputs(lm, B, device)
         cond_ref = reference_condition_tensors(ref, text, tensors, B)
         cond_dsm = lm.make_conditions(text, tensors, B)
 
@@ -167,13 +181,14 @@ def bench_point(
             timer.remove()
 
 
-def profile(kind: str, layers: int, B: int, dtype: torch.dtype) -> None:
-    ref, raw = build(kind, layers)
+def profile(kind: str, layers: int, shape: str, B: int, dtype: torch.dtype) -> None:
+    ref, raw = build(kind, layers, shape)
     ref = ref.to(dtype)
     lm = dsm_from_reference(ref, raw, dtype)
-    cond = lm.make_conditions(*tts_inputs(B, lm.device), B) if kind == "tts" else None
-    sampling = dict(temp=0.6, temp_text=0.6) if kind == "tts" else dict(temp=0.0, temp_text=0.0)
-    inputs = torch.randint(0, 2048, (B, 32, 1)) if kind == "stt" else None
+    cond = lm.make_conditions(*tts_inputs(lm, B, lm.device), B) if kind == "tts" else None
+    temp = 0.6 if kind == "tts" else 0.0
+    sampling: dict[str, Any] = dict(temp=temp, temp_text=temp)
+    inputs = torch.randint(0, lm.card, (B, lm.n_q, 1)) if kind == "stt" else None
     gen = StreamingGenerator(lm, B, conditions=cond, **sampling)
     with gen:
         for _ in range(3):
@@ -195,6 +210,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", choices=["stt", "tts"], help="profile one dsm config")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--shape",
+        choices=["real", "small"],
+        default="real",
+        help="published shapes, or the tiny test models (dim 64: framework overhead)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -202,7 +223,7 @@ def main() -> None:
 
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     if args.profile:
-        profile(args.profile, args.layers, args.batch[0], getattr(torch, args.dtype[0]))
+        profile(args.profile, args.layers, args.shape, args.batch[0], getattr(torch, args.dtype[0]))
         return
 
     scale = REAL_LAYERS / args.layers - 1
@@ -211,13 +232,13 @@ def main() -> None:
         f"{'ref x16':>8} {'dsm x16':>8} {'speedup':>7}"
     )
     print(
-        f"device={args.device} threads={args.threads} layers={args.layers} "
+        f"shape={args.shape} device={args.device} threads={args.threads} layers={args.layers} "
         "(x16: extrapolated to 16 main layers; CPU only)"
     )
     print(header)
     print("-" * len(header))
     for kind in args.models:
-        ref, raw = build(kind, args.layers)
+        ref, raw = build(kind, args.layers, args.shape)
         for dtype_name in args.dtype:
             dtype = getattr(torch, dtype_name)
             ref = ref.to(device=args.device, dtype=dtype)

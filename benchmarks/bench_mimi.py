@@ -57,6 +57,14 @@ def median_ms(
     return [1000 * statistics.median(t) for t in times]
 
 
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def steps(ref: Step, dsm: Step, inputs: list[torch.Tensor]) -> list[Callable[[int], object]]:
+    """Frame-indexed calls of the reference and dsm on the same inputs."""
+    return [lambda i: ref(inputs[i]), lambda i: dsm(inputs[i])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -84,22 +92,10 @@ def main() -> None:
         frames = list(codes.split(1, dim=-1))
         with reference.streaming(B), codec.streaming(B) as stream:
             ref_enc, dsm_enc = median_ms(
-                [
-                    lambda i, c=chunks: reference.encode(c[i]),
-                    lambda i, c=chunks: stream.encode(c[i]),
-                ],
-                args.frames,
-                args.warmup,
-                device,
+                steps(reference.encode, stream.encode, chunks), args.frames, args.warmup, device
             )
             ref_dec, dsm_dec = median_ms(
-                [
-                    lambda i, f=frames: reference.decode(f[i]),
-                    lambda i, f=frames: stream.decode(f[i]),
-                ],
-                args.frames,
-                args.warmup,
-                device,
+                steps(reference.decode, stream.decode, frames), args.frames, args.warmup, device
             )
         rows.append(("encode", B, ref_enc, dsm_enc))
         rows.append(("decode", B, ref_dec, dsm_dec))

@@ -20,6 +20,9 @@ _LAZY = {
     "load_stt": "dsm.stt.model",
     "SpeechToText": "dsm.stt.model",
     "Transcript": "dsm.stt.transcript",
+    "load_tts": "dsm.tts.model",
+    "TextToSpeech": "dsm.tts.model",
+    "Speech": "dsm.tts.model",
     "open_checkpoint": "dsm.checkpoint",
     "parse_config": "dsm.checkpoint",
     "DsmError": "dsm.errors",
@@ -28,7 +31,7 @@ _LAZY = {
     "WeightsError": "dsm.errors",
 }
 
-_SUBPACKAGES = {"audio", "checkpoint", "eval", "generate", "models", "nn", "stt"}
+_SUBPACKAGES = {"audio", "checkpoint", "eval", "generate", "models", "nn", "stt", "tts"}
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

@@ -13,7 +13,16 @@ from dsm.errors import DsmError
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules, each exposing ``add_parser(subparsers)``.
-_COMMANDS = ("dsm.commands.transcribe", "dsm.commands.eval", "dsm.commands.inspect")
+_COMMANDS = (
+    "dsm.commands.transcribe",
+    "dsm.commands.synthesize",
+    "dsm.commands.voices",
+    "dsm.commands.eval",
+    "dsm.commands.inspect",
+    "dsm.commands.serve",
+    "dsm.commands.client",
+    "dsm.commands.loadtest",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

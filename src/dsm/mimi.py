@@ -215,12 +215,15 @@ class MimiCodec:
 
     # -- offline or streaming calls ---------------------------------------------------------
 
-    def _batch(self, side: torch.nn.Module) -> int | None:
-        for module in side.modules():
-            state = getattr(module, "streaming_state", None)
-            if state is not None:
-                return int(state.batch_size)
-        return None
+    def _encoder_batch(self) -> int | None:
+        """Slots of the open encoder stream, None offline."""
+        state = self.model.downsample.conv.streaming_state
+        return None if state is None else state.batch_size
+
+    def _decoder_batch(self) -> int | None:
+        """Slots of the open decoder stream, None offline."""
+        state = self.model.upsample.convtr.streaming_state
+        return None if state is None else state.batch_size
 
     @torch.no_grad()
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
@@ -229,7 +232,7 @@ class MimiCodec:
         Offline ``T = ceil(S / 1920)`` (zero right-padding); inside :meth:`streaming`, ``S`` must
         be a positive multiple of 1920 and ``T = S / 1920``.
         """
-        batch = self._batch(self.model.encoder_side) if self.model.encoder_is_streaming else None
+        batch = self._encoder_batch()
         pcm = self._check_pcm(pcm, batch)
         if batch is None and pcm.shape[-1] == 0:
             return torch.zeros(pcm.shape[0], self.num_codebooks, 0, dtype=torch.long)
@@ -240,7 +243,7 @@ class MimiCodec:
     @torch.no_grad()
     def encode_to_latent(self, pcm: torch.Tensor, quantize: bool = False) -> torch.Tensor:
         """``[B, 1, S]`` -> continuous latent ``[B, 512, T]`` (quantized if ``quantize``)."""
-        batch = self._batch(self.model.encoder_side) if self.model.encoder_is_streaming else None
+        batch = self._encoder_batch()
         pcm = self._check_pcm(pcm, batch)
         if batch is None and pcm.shape[-1] == 0:
             raise ValueError("pcm is empty; encode_to_latent needs at least one sample")
@@ -253,7 +256,7 @@ class MimiCodec:
         The output is float32 and not clipped. Streaming, each call may bring any number of
         frames (T >= 1).
         """
-        batch = self._batch(self.model.decoder_side) if self.model.decoder_is_streaming else None
+        batch = self._decoder_batch()
         codes = self._check_codes(codes, batch)
         T = codes.shape[-1]
         if T == 0:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dsm.generate import StreamingGenerator
+from dsm.generate.cuda_graph import cuda_graphs_enabled
 from dsm.generate.delay_ring import DelayRing
 from dsm.generate.sampling import SlotSampler, resolve_max_top_k, sample_tokens
 from dsm.nn.kv_cache import RingPositions
@@ -395,9 +396,19 @@ def test_streaming_text_logits_equal_teacher_forced() -> None:
         torch.testing.assert_close(logits[s], forced[t], rtol=1e-5, atol=1e-5)
 
 
+def test_cuda_graph_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not cuda_graphs_enabled(torch.device("cpu"))
+    monkeypatch.setenv("DSM_NO_CUDA_GRAPH", "1")
+    assert not cuda_graphs_enabled(torch.device("cuda"))
+    monkeypatch.setenv("DSM_NO_CUDA_GRAPH", "0")
+    assert cuda_graphs_enabled(torch.device("cuda"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("config", ["stt", "tts"])
-def test_cuda_graph_equals_eager(config: str) -> None:
+@pytest.mark.parametrize(("config", "sampled"), [("stt", False), ("tts", False), ("tts", True)])
+def test_cuda_graph_equals_eager(config: str, sampled: bool) -> None:
+    """The captured phases replay exactly what eager mode computes, hooks and seeded sampling
+    (a CUDA generator registered with the graphs) included."""
     pair = build_pair(config)
     B, T = 3, 30
     lm = pair.dsm.cuda()
@@ -410,9 +421,18 @@ def test_cuda_graph_equals_eager(config: str) -> None:
             kwargs["conditions"] = type(c)(
                 None if c.sum is None else c.sum.cuda(), None if c.cross is None else c.cross.cuda()
             )
-        gen = StreamingGenerator(lm, B, cuda_graph=graph, **kwargs)
+        if sampled:
+            kwargs.update(temp=0.8, temp_text=0.7, top_k=20, top_k_text=10)
+            kwargs["generator"] = torch.Generator("cuda").manual_seed(3)
+
+        def on_text(token: torch.Tensor) -> None:
+            token.copy_(torch.where(token == 7, 8, token))
+
+        gen = StreamingGenerator(lm, B, cuda_graph=graph, on_text_hook=on_text, **kwargs)
         with gen:
             outs.append([gen.step(codes[:, :, t : t + 1]).tokens.cpu() for t in range(T)])
+            if graph:
+                assert gen._phase_main._graph is not None
     pair.dsm.cpu()
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)

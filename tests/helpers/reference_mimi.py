@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from moshi.models import compression, loaders
@@ -21,9 +22,9 @@ SAMPLE_RATE = 24000
 FRAME_SIZE = 1920
 
 
-def reference_config(context: int = 250) -> dict:
+def reference_config(context: int = 250) -> dict[str, Any]:
     """The published Mimi config (``loaders._mimi_config``) with the given transformer context."""
-    config = copy.deepcopy(loaders._mimi_config)
+    config: dict[str, Any] = copy.deepcopy(loaders._mimi_config)
     config["transformer"]["context"] = context
     return config
 
@@ -64,7 +65,7 @@ def speech_like(seconds: float, seed: int = 0, batch: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def randomize_codebooks(model: compression.MimiModel, seed: int = 0) -> None:
+def randomize_codebooks(model: Any, seed: int = 0) -> None:
     """Give every codebook level random centroids matched to its residual's scale.
 
     Level scales follow the residual of speech-like audio through the model itself, so codes
@@ -99,6 +100,6 @@ def build_reference_mimi(context: int = 250, seed: int = 0) -> compression.MimiM
     return model
 
 
-def save_reference_mimi(model: compression.MimiModel, path: Path) -> Path:
+def save_reference_mimi(model: Any, path: Path) -> Path:
     """Save ``model`` as a published-layout Mimi ``.safetensors`` (318 tensors)."""
     return save_hub_safetensors(model.state_dict(), path)

@@ -105,3 +105,24 @@ def test_missing_model_says_how_to_use_local(
 @pytest.fixture(scope="module")
 def stt(stt_dir: Path) -> dsm.SpeechToText:
     return dsm.load_stt(stt_dir, device="cpu")
+
+
+def test_eval_on_a_local_manifest(
+    stt_dir: Path, wav: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("jiwer")
+    pytest.importorskip("whisper_normalizer")
+    path, _ = wav
+    manifest = tmp_path / "set.jsonl"
+    lines = [{"audio": str(path), "text": "hello world"}, {"audio": str(path), "text": "a b c"}]
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out_dir = tmp_path / "eval"
+    code = main(["eval", str(manifest), "--model", str(stt_dir), "--device", "cpu",
+                 "--out-dir", str(out_dir), "--batch-size", "2"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("wer" in r and "hyp" in r for r in rows)
+    assert rows[0]["hyp"] == rows[1]["hyp"]  # same audio, same transcript
+    assert summary["n_utterances"] == 2 and summary["corpus_wer"] > 0
+    assert "WER" in capsys.readouterr().out.upper()

@@ -157,7 +157,7 @@ class StreamingGenerator:
         self.on_text_hook = on_text_hook
         self.on_audio_hook = on_audio_hook
         self.generator = generator
-        self.device: torch.device = next(iter(lm.parameters())).device
+        self.device: torch.device = lm.device
         self.use_cuda_graph = (
             cuda_graphs_enabled(self.device) if cuda_graph is None else cuda_graph
         ) and self.device.type == "cuda"
@@ -235,7 +235,7 @@ class StreamingGenerator:
         self.cond_cross: torch.Tensor | None = None
         conditions = self._conditions
         if conditions is not None:
-            dtype = next(iter(lm.parameters())).dtype
+            dtype = lm.dtype
             for name in ("sum", "cross"):
                 value = getattr(conditions, name)
                 if value is None:
@@ -260,6 +260,8 @@ class StreamingGenerator:
         self.out_valid = torch.zeros(B, dtype=torch.bool, device=dev)
         self.text_logits: torch.Tensor | None = None
         self.hidden: torch.Tensor | None = None
+        self.extra_heads: torch.Tensor | None = None
+        self._has_extra_heads = len(lm.extra_heads) > 0
 
         pool = torch.cuda.graph_pool_handle() if self.use_cuda_graph else None
         gens = (self.generator,) if self.generator is not None else ()
@@ -321,7 +323,8 @@ class StreamingGenerator:
         """Restart the slots where ``mask`` is True (all when None) as fresh streams.
 
         ``conditions`` (rows for every slot, ``2B`` with CFG) replaces the conditions of the
-        reset slots.
+        reset slots (summed condition and cross-attention K/V). The exec mask is not changed
+        (the reference's reset also turns the slots on; call :meth:`set_exec_mask` for that).
         """
         self._require_started()
         mask = self._slot_mask(mask, "reset")
@@ -429,22 +432,14 @@ class StreamingGenerator:
                 self.on_audio_hook(self.audio_tokens)
         self._phase_commit()
 
-        extra = None
-        if self._has_extra_heads():
-            assert self.hidden is not None
-            extra = self.lm.extra_heads_probs(self.hidden[:B])[:, 0]
         sampled = torch.cat([self.text_token[:, None], self.audio_tokens], dim=1)
         return StepOutput(
             tokens=self.out_tokens.clone(),
             valid=self.out_valid.clone(),
             sampled=sampled,
             text_logits=self.text_logits,
-            extra_heads=extra,
+            extra_heads=self.extra_heads,
         )
-
-    def _has_extra_heads(self) -> bool:
-        heads = getattr(self.lm, "extra_heads", None)
-        return heads is not None and len(heads) > 0
 
     def _main(self) -> None:
         """Delay ring in, ``forward_text``, CFG mix -> ``text_logits [B, N]``, ``hidden``."""
@@ -473,6 +468,8 @@ class StreamingGenerator:
         # also edits them before the float32 cast done by sampling.
         self.text_logits = logits
         self.hidden = hidden
+        if self._has_extra_heads:
+            self.extra_heads = self.lm.extra_heads_probs(hidden[:B])[:, 0]  # [B, n_heads, dim]
 
     def _sample_text(self) -> None:
         assert self.text_logits is not None

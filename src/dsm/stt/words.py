@@ -11,8 +11,9 @@ __all__ = ["Word"]
 class Word:
     """One transcribed word with its time span in seconds from the start of the audio.
 
-    With DSM models ``end`` is the time of the next word-start marker (spec §4.4), so it is the
-    start of the next word rather than the acoustic end of this one.
+    For STT, ``end`` is where the next word starts, capped at one second after this word's start
+    (see :mod:`dsm.stt.word_stream`), so it is not the acoustic end of the word. For TTS it is
+    the word's span in the generated audio.
     """
 
     text: str

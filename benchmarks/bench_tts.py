@@ -1,0 +1,193 @@
+"""TTS speed, dsm next to the reference ``TTSModel`` (moshi 0.2.13), whole pipeline on CPU.
+
+Both sides speak the same text with the same random weights: the tts-1.6b-en_fr shape
+(model-spec §1.4; the main transformer scaled to ``--layers`` layers, the depformer keeps its 4
+layers and 32 codebooks), a random Mimi of the published architecture, a tokenizer trained at
+start-up, a random voice embedding ``[1, 512, 125]``, cfg 2.0 (CFG-distilled: one LUT value),
+temperature 0.6, top-k 250/25. One run = the whole text given at once, for ``B`` slots:
+
+* reference: ``TTSModel.generate`` with an ``on_frame`` callback that decodes every frame with
+  no ``-1`` by streaming Mimi, as ``tts_pytorch.py``'s streaming output does;
+* dsm: :class:`dsm.tts.engine.TtsEngine` (state machine, LM, depformer, streaming Mimi).
+
+Figures (per run):
+
+* ``first audio``: seconds from the call to the first audio frame ready to play. For the
+  reference, its first decoded frame; for dsm, its first *emitted* frame, two frames later
+  (dsm drops the two click frames as ``simple_generate`` does), so dsm is measured
+  conservatively;
+* ``RTF``: seconds of audio produced (all slots) per second of wall time (> 1: faster than
+  real time).
+
+``x16`` columns extrapolate to the real 16 main layers: the main transformer's time, measured
+inside the same run with forward hooks, is scaled by ``16 / layers`` (everything else is not).
+
+    python benchmarks/bench_tts.py --batch 1 4 --layers 2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+from benchmarks.bench_lm import Timer, dsm_from_reference  # noqa: E402
+from dsm.checkpoint.config import parse_config  # noqa: E402
+from dsm.mimi import load_mimi  # noqa: E402
+from dsm.tokenizer import TextTokenizer  # noqa: E402
+from dsm.tts.model import TextToSpeech  # noqa: E402
+from tests.helpers.published_configs import tts_1p6b_en_fr  # noqa: E402
+from tests.helpers.reference_lm import make_reference_lm  # noqa: E402
+from tests.helpers.reference_mimi import build_reference_mimi, save_reference_mimi  # noqa: E402
+from tests.helpers.reference_tts import save_voice, train_tts_tokenizer  # noqa: E402
+
+REAL_LAYERS = 16
+FRAME_SECONDS = 0.08
+TEXT = (
+    "In the heart of an ancient forest, where the trees whispered secrets of the past, "
+    "there lived a peculiar rabbit named Luna."
+)
+
+
+class Setup:
+    """Reference and dsm models sharing one set of random weights."""
+
+    def __init__(self, layers: int, workdir: Path) -> None:
+        import sentencepiece
+        from moshi.models.tts import StateMachine, TokenIds, TTSModel
+
+        raw = tts_1p6b_en_fr()
+        raw["num_layers"] = layers
+        self.raw = raw
+        self.layers = layers
+        ref_lm = make_reference_lm(raw, seed=0)
+        with torch.no_grad():
+            ref_mimi = build_reference_mimi(seed=0)
+        mimi_path = save_reference_mimi(ref_mimi, workdir / "mimi.safetensors")
+        tok_path = train_tts_tokenizer(workdir / "tok", vocab_size=64, name="tok.model")
+        sp = sentencepiece.SentencePieceProcessor()
+        sp.Load(str(tok_path))
+        voice = torch.randn(1, 512, 125, generator=torch.Generator().manual_seed(1))
+        sig, epoch = raw["model_id"]["sig"], raw["model_id"]["epoch"]
+        self.voice_path = save_voice(workdir / f"v.wav.{sig}@{epoch}.safetensors", voice, sig, epoch)
+        delay_steps = int(raw["tts_config"]["audio_delay"] * ref_mimi.frame_rate)
+        machine = StateMachine(TokenIds(ref_lm.text_card + 1), 2, max_padding=8, initial_padding=2)
+        ref_mimi.set_num_codebooks(32)
+        self.ref = TTSModel(
+            lm=ref_lm, mimi=ref_mimi, tokenizer=sp, voice_suffix=f".{sig}@{epoch}.safetensors",
+            voice_repo=str(workdir), machine=machine, delay_steps=delay_steps, n_q=32, temp=0.6,
+        )  # fmt: skip
+        lm = dsm_from_reference(ref_lm, raw, torch.float32)
+        codec = load_mimi(mimi_path)
+        self.dsm = TextToSpeech(lm, codec, TextTokenizer(tok_path), parse_config(raw))
+
+    def run_reference(self, B: int) -> dict[str, float]:
+        model = self.ref
+        entries = [model.prepare_script([TEXT], padding_between=1) for _ in range(B)]
+        attributes = [model.make_condition_attributes([self.voice_path], cfg_coef=2.0)] * B
+        timer = Timer(model.lm.transformer)
+        first: list[tuple[float, float]] = []
+        frames = 0
+        start = time.perf_counter()
+
+        def on_frame(frame: torch.Tensor) -> None:
+            nonlocal frames
+            if (frame != -1).all():
+                pcm = model.mimi.decode(frame[:, 1:, :])
+                pcm.clip_(-1, 1)
+                frames += 1
+                if not first:
+                    first.append((time.perf_counter() - start, timer.total))
+
+        torch.manual_seed(0)
+        with torch.no_grad(), model.mimi.streaming(B):
+            model.generate(entries, attributes, on_frame=on_frame)
+        total = time.perf_counter() - start
+        timer.remove()
+        return self._figures(first[0], total, timer.total, frames * B)
+
+    def run_dsm(self, B: int) -> dict[str, float]:
+        tts = self.dsm
+        entries = [tts.entries([TEXT]) for _ in range(B)]
+        rows = tts.conditions([self.voice_path], 2.0)
+        timer = Timer(tts.lm.transformer)
+        first: list[tuple[float, float]] = []
+        frames = 0
+        start = time.perf_counter()
+        conditions = tts._batch_conditions([rows] * B)
+        with tts.make_engine(B, conditions, temperature=0.6, seed=0) as engine:
+            for b in range(B):
+                engine.start_slot(b, entries=entries[b], complete=True)
+            while engine.busy:
+                for out in engine.step():
+                    if out.pcm is not None:
+                        frames += 1
+                        if not first:
+                            first.append((time.perf_counter() - start, timer.total))
+        total = time.perf_counter() - start
+        timer.remove()
+        return self._figures(first[0], total, timer.total, frames)
+
+    def _figures(
+        self, first: tuple[float, float], total: float, transformer: float, frames: int
+    ) -> dict[str, float]:
+        scale = REAL_LAYERS / self.layers - 1
+        audio = frames * FRAME_SECONDS
+        return {
+            "first": first[0],
+            "first16": first[0] + scale * first[1],
+            "rtf": audio / total,
+            "rtf16": audio / (total + scale * transformer),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--layers", type=int, default=2, help="main transformer layers")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--reps", type=int, default=1, help="runs per side (best kept)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = Setup(args.layers, Path(tmp))
+        print(
+            f"tts-1.6b-en_fr shape, main layers {args.layers} (x16: extrapolated to 16), "
+            f"CPU threads {args.threads}, float32, temp 0.6, cfg 2.0, best of {args.reps}"
+        )
+        header = (
+            f"{'B':>2} | {'first audio s':>22} {'x16':>22} | {'RTF':>20} {'x16':>20}\n"
+            f"{'':>2} | {'ref':>7} {'dsm':>7} {'gain':>6} {'ref':>7} {'dsm':>7} {'gain':>6} | "
+            f"{'ref':>6} {'dsm':>6} {'gain':>6} {'ref':>6} {'dsm':>6} {'gain':>6}"
+        )
+        print(header)
+        print("-" * 96)
+        for B in args.batch:
+            refs, dsms = [], []
+            for _ in range(args.reps):
+                refs.append(setup.run_reference(B))
+                dsms.append(setup.run_dsm(B))
+            r = {k: min(x[k] for x in refs) if "first" in k else max(x[k] for x in refs) for k in refs[0]}
+            d = {k: min(x[k] for x in dsms) if "first" in k else max(x[k] for x in dsms) for k in dsms[0]}
+            print(
+                f"{B:>2} | {r['first']:7.2f} {d['first']:7.2f} {r['first'] / d['first']:5.2f}x "
+                f"{r['first16']:7.2f} {d['first16']:7.2f} {r['first16'] / d['first16']:5.2f}x | "
+                f"{r['rtf']:6.3f} {d['rtf']:6.3f} {d['rtf'] / r['rtf']:5.2f}x "
+                f"{r['rtf16']:6.3f} {d['rtf16']:6.3f} {d['rtf16'] / r['rtf16']:5.2f}x",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

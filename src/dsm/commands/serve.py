@@ -1,0 +1,125 @@
+"""``dsm serve``: the production server (Kyutai WebSocket protocol + OpenAI-compatible HTTP).
+
+Settings come from ``--config server.toml`` (see ``configs/``); flags override the file.
+Without any API key the server is open. SIGINT/SIGTERM start a graceful shutdown: no new
+sessions, active ones get ``shutdown_grace_s`` to finish, then receive an ``Error`` and close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from dsm.errors import DsmError
+
+__all__ = ["add_parser", "apply_overrides", "build_parser_for_tests", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``serve`` on the CLI."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve STT (and TTS) over Kyutai's WebSocket protocol and an OpenAI-compatible API",
+        description="Run the dsm server. Kyutai's clients (the delayed-streams-modeling "
+        "scripts, Unmute) connect unchanged; OpenAI clients use /v1/audio/transcriptions.",
+    )
+    parser.add_argument("--config", default=None, help="server TOML file (see configs/)")
+    parser.add_argument("--stt-model", default=None, help="STT checkpoint: hub repo id or dir")
+    parser.add_argument("--tts-model", default=None, help="TTS checkpoint: hub repo id or dir")
+    parser.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    parser.add_argument("--batch-size", type=int, default=None, help="slots per module")
+    parser.add_argument(
+        "--api-key", action="append", default=None, metavar="K",
+        help="accepted key (kyutai-api-key header, auth_id query or Bearer); repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if any)"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="model dtype"
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.set_defaults(func=run)
+
+
+def build_parser_for_tests() -> argparse.ArgumentParser:
+    """A stand-alone ``serve`` parser (for tests and embedding)."""
+    parser = argparse.ArgumentParser(prog="dsm serve")
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    return sub.choices["serve"]
+
+
+def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
+    """Command-line flags over the file's settings."""
+    if args.host is not None:
+        config.host = args.host
+    if args.port is not None:
+        config.port = args.port
+    if args.api_key:
+        config.authorized_ids = list(args.api_key)
+    if args.stt_model is not None:
+        config.stt.model = args.stt_model
+    if args.tts_model is not None:
+        config.tts.model = args.tts_model
+    for module in (config.stt, config.tts):
+        if args.batch_size is not None:
+            if args.batch_size < 1:
+                raise DsmError("--batch-size must be at least 1")
+            module.batch_size = args.batch_size
+        if args.device is not None:
+            module.device = args.device
+        if args.dtype is not None:
+            module.dtype = args.dtype
+    return config
+
+
+def _load_stt(config: Any) -> Any:
+    import torch
+
+    from dsm.stt.model import load_stt
+
+    dtype = getattr(torch, config.stt.dtype) if config.stt.dtype else None
+    return load_stt(config.stt.model, device=config.stt.device, dtype=dtype)
+
+
+async def _serve(config: Any, stt: Any, tts: Any) -> None:
+    from dsm.server import start_server
+
+    running = await start_server(config, stt=stt, tts=tts, ready=False)
+    log = logging.getLogger("dsm.server")
+    log.info("listening on %s (%s)", running.http_url, "open" if config.open else "API keys")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: waiting up to %.0f s for active sessions", config.shutdown_grace_s)
+    await running.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the models and serve until interrupted."""
+    from dsm.server.config import load_server_config
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = apply_overrides(load_server_config(args.config), args)
+    if config.stt.model is None and config.tts.model is None:
+        raise DsmError("nothing to serve: give --stt-model and/or --tts-model, or a --config")
+    stt = _load_stt(config) if config.stt.model else None
+    tts = None
+    if config.tts.model:
+        raise DsmError(
+            "TTS serving is not available in this version yet; serve STT only (drop --tts-model)"
+        )
+    asyncio.run(_serve(config, stt, tts))
+    return 0

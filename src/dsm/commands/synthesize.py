@@ -1,0 +1,140 @@
+"""``dsm synthesize [TEXT | -] [-o out.wav | -]``: text to speech; ``--stream`` for live text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dsm.errors import CheckpointError, DsmError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``synthesize`` on the CLI."""
+    from dsm.commands.transcribe import add_model_arguments
+    from dsm.tts.model import DEFAULT_TTS
+    from dsm.tts.voices import DEFAULT_VOICE, DEFAULT_VOICE_REPO
+
+    parser = subparsers.add_parser(
+        "synthesize",
+        help="speak text with a Kyutai TTS checkpoint (wav file, pipe or sound card)",
+        description="Speak TEXT (or stdin with '-' or no TEXT) with a Kyutai TTS checkpoint. "
+        'Pauses: <break time="1.5s"/>. With --stream each stdin line is spoken as soon as it '
+        "is read.",
+    )
+    parser.add_argument("text", nargs="?", default="-", help="text to say, or - for stdin")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="out.wav",
+        help="wav file to write (default out.wav); '-' plays on the sound card when stdout is "
+        "a terminal (needs dsm[mic]), else writes raw s16le 24 kHz mono to stdout",
+    )
+    parser.add_argument("--voice", default=None, help=f"voice name or .safetensors embedding "
+                        f"(default {DEFAULT_VOICE})")  # fmt: skip
+    parser.add_argument(
+        "--voice-repo", default=DEFAULT_VOICE_REPO, help="hub repo id or local voice directory"
+    )
+    parser.add_argument("--cfg", type=float, default=2.0, help="guidance strength (default 2.0)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible output")
+    parser.add_argument("--n-q", type=int, default=None, help="audio codebooks to generate")
+    parser.add_argument("--stream", action="store_true", help="speak each stdin line at once")
+    parser.add_argument("--words", default=None, help="write word timings (JSON) to this file")
+    add_model_arguments(parser, DEFAULT_TTS)
+    parser.set_defaults(func=run)
+
+
+def _dtype(name: str | None) -> Any:
+    if name is None:
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def load_from_args(args: argparse.Namespace) -> Any:
+    from dsm.tts.model import load_tts
+
+    try:
+        return load_tts(
+            args.model,
+            voice_repo=args.voice_repo,
+            device=args.device,
+            dtype=_dtype(args.dtype),
+            n_q=args.n_q,
+            revision=args.revision,
+            config=args.config,
+            lm_weights=args.lm_weights,
+            mimi_weights=args.mimi_weights,
+            tokenizer=args.tokenizer,
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}\nWith a local copy of the checkpoint, run: dsm synthesize --model DIR TEXT"
+        ) from None
+
+
+def _write_words(path: str | None, words: list[Any]) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump([w.to_dict() for w in words], handle, ensure_ascii=False, indent=2)
+            handle.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dsm.tts.output import open_sink
+
+    if args.stream and args.text != "-":
+        raise DsmError("--stream reads the text from stdin: drop TEXT (or give '-')")
+    if args.output == "-" and args.words == "-":
+        raise DsmError("--words - and -o - cannot both use stdout")
+    tts = load_from_args(args)
+    if args.stream:
+        return _run_stream(args, tts)
+    if args.text == "-":
+        if sys.stdin.isatty():
+            print("Enter text to speak (Ctrl-D to end):", file=sys.stderr)
+        text = sys.stdin.read().strip()
+    else:
+        text = args.text
+    speech = tts.synthesize(
+        text, voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
+    )
+    with open_sink(args.output) as sink:
+        sink.write(speech.pcm)
+    _write_words(args.words, speech.words)
+    if args.output != "-":
+        print(f"wrote {args.output} ({speech.duration:.2f} s)", file=sys.stderr)
+    return 0
+
+
+def _run_stream(args: argparse.Namespace, tts: Any) -> int:
+    from dsm.tts.output import open_sink
+    from dsm.tts.session import AudioChunk
+
+    words = []
+    with (
+        tts.stream(
+            voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
+        ) as session,
+        open_sink(args.output) as sink,
+    ):
+
+        def handle(events: Any) -> None:
+            for event in events:
+                if isinstance(event, AudioChunk):
+                    sink.write(event.pcm)
+                else:
+                    words.append(event)
+
+        if sys.stdin.isatty():
+            print("Type text, one line at a time (Ctrl-D to end):", file=sys.stderr)
+        for line in sys.stdin:
+            handle(session.push_iter(line))
+        handle(session.end_iter())
+    _write_words(args.words, words)
+    return 0

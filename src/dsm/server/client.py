@@ -1,0 +1,273 @@
+"""Async clients for Kyutai's WebSocket protocol (this server or upstream ``moshi-server``).
+
+:func:`stt_session` streams audio to ``/api/asr-streaming`` at a chosen real-time factor and
+collects timed words; :func:`tts_session` sends text to ``/api/tts_streaming`` and collects
+1920-sample audio frames. Both speak only the documented protocol, so they work against
+upstream's server too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import msgpack
+import numpy as np
+
+from dsm.errors import DsmError
+from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
+from dsm.stt.words import Word
+
+__all__ = ["SttClientResult", "TtsClientResult", "pack", "stt_session", "tts_session"]
+
+DEFAULT_KEY = "public_token"
+FLUSH_SECONDS = 40  # upstream's file client sends 5 + 35 s of silence around its marker
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """A client message as msgpack (float32 pcm, as Kyutai's clients send)."""
+    return msgpack.packb(message, use_bin_type=True, use_single_float=True)
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    message = msgpack.unpackb(data, raw=False)
+    if not isinstance(message, dict) or "type" not in message:
+        raise DsmError(f"the server sent an unexpected message: {message!r}")
+    return message
+
+
+def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> DsmError:
+    hint = " (wrong or missing API key)" if exc.status == 401 else ""
+    return DsmError(f"the server refused the WebSocket with HTTP {exc.status}{hint}")
+
+
+async def _expect_ready(ws: aiohttp.ClientWebSocketResponse[bool], timeout: float) -> None:
+    for _ in range(10):
+        msg = await ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            raise DsmError(f"the server closed the connection before Ready ({msg.type.name})")
+        message = _unpack(msg.data)
+        if message["type"] == "Ready":
+            return
+        if message["type"] == "Error":
+            raise DsmError(f"the server refused the session: {message.get('message')}")
+    raise DsmError("no Ready message from the server")
+
+
+@dataclass
+class SttClientResult:
+    """Words received, plus timing measurements of the session."""
+
+    words: list[Word] = field(default_factory=list)
+    steps: int = 0
+    errors: list[str] = field(default_factory=list)
+    step_latencies: list[float] = field(default_factory=list)  # Step arrival - frame send
+    word_latencies: list[float] = field(default_factory=list)  # Word arrival - audio sent
+    marker_seen: bool = False
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+
+async def stt_session(
+    url: str,
+    chunks: Iterable[np.ndarray] | AsyncIterator[np.ndarray],
+    *,
+    api_key: str | None = DEFAULT_KEY,
+    rtf: float | None = 1.0,
+    flush: bool = True,
+    on_word: Callable[[Word], None] | None = None,
+    connect_timeout: float = 10.0,
+    session: aiohttp.ClientSession | None = None,
+) -> SttClientResult:
+    """Stream 24 kHz mono chunks to ``url`` (``ws://host:port``); returns the words.
+
+    ``rtf`` paces the audio (1.0 = real time, None = as fast as possible). With ``flush``, a
+    marker and silence follow the audio and the session ends when the marker comes back.
+    """
+    headers = {"kyutai-api-key": api_key} if api_key else {}
+    own = session is None
+    http = session or aiohttp.ClientSession()
+    result = SttClientResult()
+    sent_at: list[float] = []  # send time of each frame's end
+    marker = asyncio.Event()
+    try:
+        try:
+            ws = await http.ws_connect(f"{url.rstrip('/')}/api/asr-streaming", headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _handshake_error(exc) from None
+        async with ws:
+            await _expect_ready(ws, connect_timeout)
+            receiver = asyncio.create_task(_stt_receive(ws, result, sent_at, marker, on_word))
+            try:
+                await _stt_send(ws, chunks, rtf, flush, sent_at, marker, receiver)
+                if flush:
+                    await asyncio.wait({receiver}, timeout=60)
+                else:
+                    await asyncio.sleep(0.5)
+            finally:
+                receiver.cancel()
+                await asyncio.gather(receiver, return_exceptions=True)
+    finally:
+        if own:
+            await http.close()
+    return result
+
+
+async def _aiter(chunks: Iterable[np.ndarray] | AsyncIterator[np.ndarray]) -> AsyncIterator[Any]:
+    if isinstance(chunks, AsyncIterator):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
+
+
+async def _stt_send(
+    ws: aiohttp.ClientWebSocketResponse[bool],
+    chunks: Iterable[np.ndarray] | AsyncIterator[np.ndarray],
+    rtf: float | None,
+    flush: bool,
+    sent_at: list[float],
+    marker: asyncio.Event,
+    receiver: asyncio.Task[None],
+) -> None:
+    start = time.monotonic()
+    samples = 0
+    pending = 0  # samples sent but not yet a whole frame
+    async for chunk in _aiter(chunks):
+        if receiver.done():
+            return
+        pcm = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        await ws.send_bytes(pack({"type": "Audio", "pcm": pcm.tolist()}))
+        samples += pcm.shape[0]
+        now = time.monotonic()
+        pending += pcm.shape[0]
+        while pending >= FRAME_SIZE:
+            sent_at.append(now)
+            pending -= FRAME_SIZE
+        if rtf:
+            delay = start + samples / SAMPLE_RATE / rtf - time.monotonic()
+            await asyncio.sleep(max(delay, 0.001))
+    if not flush:
+        return
+    await ws.send_bytes(pack({"type": "Marker", "id": 0}))
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32).tolist()
+    for _ in range(FLUSH_SECONDS):
+        if marker.is_set() or receiver.done():
+            return
+        await ws.send_bytes(pack({"type": "Audio", "pcm": silence}))
+        await asyncio.sleep(0.1)
+
+
+async def _stt_receive(
+    ws: aiohttp.ClientWebSocketResponse[bool],
+    result: SttClientResult,
+    sent_at: list[float],
+    marker: asyncio.Event,
+    on_word: Callable[[Word], None] | None,
+) -> None:
+    open_word: tuple[str, float] | None = None
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            continue
+        message = _unpack(msg.data)
+        now = time.monotonic()
+        kind = message["type"]
+        if kind == "Step":
+            if result.steps < len(sent_at):
+                result.step_latencies.append(now - sent_at[result.steps])
+            result.steps += 1
+        elif kind == "Word":
+            if open_word is not None:
+                result.words.append(Word(open_word[0], open_word[1], open_word[1]))
+            open_word = (message["text"], float(message["start_time"]))
+            frame = int(open_word[1] * SAMPLE_RATE) // FRAME_SIZE
+            if frame < len(sent_at):
+                result.word_latencies.append(now - sent_at[frame])
+            if on_word is not None:
+                on_word(Word(open_word[0], open_word[1], open_word[1]))
+        elif kind == "EndWord" and open_word is not None:
+            start = open_word[1]
+            result.words.append(Word(open_word[0], start, max(start, message["stop_time"])))
+            open_word = None
+        elif kind == "Marker":
+            result.marker_seen = True
+            marker.set()
+            break
+        elif kind == "Error":
+            result.errors.append(str(message.get("message")))
+            break
+    if open_word is not None:
+        result.words.append(Word(open_word[0], open_word[1], open_word[1]))
+
+
+@dataclass
+class TtsClientResult:
+    """Audio frames and word timings received from a TTS session."""
+
+    frames: list[np.ndarray] = field(default_factory=list)
+    words: list[tuple[str, float, float]] = field(default_factory=list)
+    first_audio_seconds: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def pcm(self) -> np.ndarray:
+        if not self.frames:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.frames)
+
+
+async def tts_session(
+    url: str,
+    text: str,
+    *,
+    voice: str | None = None,
+    api_key: str | None = DEFAULT_KEY,
+    connect_timeout: float = 10.0,
+    session: aiohttp.ClientSession | None = None,
+) -> TtsClientResult:
+    """Send ``text`` word by word to ``/api/tts_streaming`` (PcmMessagePack); collect audio."""
+    query = {"format": "PcmMessagePack"}
+    if voice:
+        query["voice"] = voice
+    headers = {"kyutai-api-key": api_key} if api_key else {}
+    own = session is None
+    http = session or aiohttp.ClientSession()
+    result = TtsClientResult()
+    try:
+        endpoint = f"{url.rstrip('/')}/api/tts_streaming?{urlencode(query)}"
+        try:
+            ws = await http.ws_connect(endpoint, headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _handshake_error(exc) from None
+        async with ws:
+            await _expect_ready(ws, connect_timeout)
+            start = time.monotonic()
+            for word in text.split():
+                await ws.send_bytes(pack({"type": "Text", "text": word}))
+            await ws.send_bytes(pack({"type": "Eos"}))
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                message = _unpack(msg.data)
+                if message["type"] == "Audio":
+                    if result.first_audio_seconds is None:
+                        result.first_audio_seconds = time.monotonic() - start
+                    result.frames.append(np.asarray(message["pcm"], dtype=np.float32))
+                elif message["type"] == "Text":
+                    result.words.append(
+                        (message["text"], float(message["start_s"]), float(message["stop_s"]))
+                    )
+                elif message["type"] == "Error":
+                    result.errors.append(str(message.get("message")))
+    finally:
+        if own:
+            await http.close()
+    return result

@@ -1,0 +1,142 @@
+"""Server settings: typed dataclasses, read from a TOML file, overridden by command-line flags.
+
+File layout (every key optional; see ``configs/*.toml``)::
+
+    host = "0.0.0.0"
+    port = 8080
+    authorized_ids = ["public_token"]   # empty or absent: the server is open
+    shutdown_grace_s = 10.0
+
+    [stt]
+    model = "kyutai/stt-1b-en_fr"       # hub repo id or local checkpoint directory
+    path = "/api/asr-streaming"
+    batch_size = 64
+    device = "cuda"
+    dtype = "bfloat16"
+    max_buffered_seconds = 120.0
+    idle_timeout_s = 120.0
+
+    [tts]
+    model = "kyutai/tts-1.6b-en_fr"
+    path = "/api/tts_streaming"
+    batch_size = 8
+
+A module is served when its table names a ``model``. Unknown keys are rejected with a message
+that lists the known ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsm.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ServerConfig", "SttModuleConfig", "TtsModuleConfig", "load_server_config"]
+
+
+@dataclass
+class SttModuleConfig:
+    """The streaming speech-to-text module (``BatchedAsr`` upstream)."""
+
+    model: str | None = None
+    path: str = "/api/asr-streaming"
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str | None = None
+    # A connection may queue this much audio ahead of the model; beyond it the server stops
+    # reading from that socket (TCP flow control) until the model catches up.
+    max_buffered_seconds: float = 120.0
+    # Results the client has not read yet; beyond this the client is too slow and is dropped.
+    max_pending_messages: int = 20000
+    # A connection that sends no data message for this long loses its slot.
+    idle_timeout_s: float = 120.0
+    # How long an HTTP transcription request waits for a free slot before a 503.
+    queue_timeout_s: float = 30.0
+    # Largest accepted WebSocket message and HTTP upload, in bytes.
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 200 * 1024 * 1024
+    warmup_steps: int = 2
+
+
+@dataclass
+class TtsModuleConfig:
+    """The streaming text-to-speech module (``Py`` upstream)."""
+
+    model: str | None = None
+    path: str = "/api/tts_streaming"
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str | None = None
+    voice: str | None = None
+    voices: str | None = None
+    idle_timeout_s: float = 30.0
+    queue_timeout_s: float = 30.0
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """The whole server: bind address, API keys and the modules it serves."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    authorized_ids: list[str] = field(default_factory=list)
+    shutdown_grace_s: float = 10.0
+    heartbeat_s: float = 10.0
+    instance_name: str = "dsm"
+    stt: SttModuleConfig = field(default_factory=SttModuleConfig)
+    tts: TtsModuleConfig = field(default_factory=TtsModuleConfig)
+
+    @property
+    def open(self) -> bool:
+        """True when no API key is required."""
+        return not self.authorized_ids
+
+
+def _fill(cls: Any, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(known)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if isinstance(default, bool) or default is None or isinstance(default, str):
+            kwargs[name] = value
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+        else:
+            kwargs[name] = type(default)(value) if isinstance(default, (int, float)) else value
+    return cls(**kwargs)
+
+
+def load_server_config(path: str | Path | None = None) -> ServerConfig:
+    """Read a server TOML file (or the defaults when ``path`` is None)."""
+    if path is None:
+        return ServerConfig()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"server config {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"server config {path} is not valid TOML: {exc}") from exc
+    stt = _fill(SttModuleConfig, data.pop("stt", {}), "[stt]")
+    tts = _fill(TtsModuleConfig, data.pop("tts", {}), "[tts]")
+    config = _fill(ServerConfig, data, str(path))
+    config.stt, config.tts = stt, tts
+    if not isinstance(config.authorized_ids, list) or not all(
+        isinstance(k, str) for k in config.authorized_ids
+    ):
+        raise ConfigError(f"authorized_ids in {path} must be a list of strings")
+    return config

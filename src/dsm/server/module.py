@@ -1,0 +1,226 @@
+"""The serving engine shared by every module: a slot table and one model thread.
+
+A :class:`ModelModule` owns ``batch_size`` slots and a thread that runs the model. Connections
+(on the asyncio event loop) :meth:`~ModelModule.claim` a slot, which gives them a
+:class:`Channel`: the thread-safe mailbox between the connection and the model thread. The
+model thread never blocks on a connection: it reads what the connection queued (under a short
+lock) and hands results back with ``loop.call_soon_threadsafe``; the event loop never waits for
+the model.
+
+Each iteration of the thread (``plan -> step -> apply``, in the subclass's :meth:`iterate`)
+drains the inboxes, runs one batched forward over the slots that have work, and routes the
+outputs. A slot is free as soon as its connection releases it; outputs of a step that was
+already running for the old connection go to the old channel, which drops them.
+
+If the model thread fails, the module records the error, every open channel receives an
+``Error`` message and is closed, health checks fail and new connections are refused with the
+error: nothing hangs (upstream keeps accepting connections that are never answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Channel", "ModelModule", "ModuleUnavailable"]
+
+log = logging.getLogger("dsm.server")
+
+_ids = itertools.count(1)
+END = None  # sentinel in a channel's queue: no more messages
+
+
+class ModuleUnavailable(RuntimeError):
+    """The module can't take connections (its model thread failed, or the server is stopping)."""
+
+
+class Channel:
+    """One connection's mailbox to a slot. Messages are plain dicts in protocol shape."""
+
+    def __init__(self, slot: int, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
+        self.slot = slot
+        self.id = next(_ids)
+        self.loop = loop
+        self.max_pending = max_pending
+        self.lock = threading.Lock()
+        self.queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue()
+        self.pending = 0  # messages delivered but not yet taken (event loop side)
+        self.overflow = False
+        self.closed = False  # released by the connection; the model thread ignores it
+        self.started = False  # the model thread has reset the slot for this channel
+        self.opened_at = time.monotonic()
+
+    def deliver(self, messages: list[dict[str, Any]] | None) -> None:
+        """Queue messages for the connection (from any thread); ``None`` ends the stream."""
+        if self.closed and messages is not None:
+            return
+        # RuntimeError: the event loop is closed, nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._put, messages)
+
+    def _put(self, messages: list[dict[str, Any]] | None) -> None:
+        if messages is not None:
+            if not messages:
+                return
+            self.pending += len(messages)
+            if self.pending > self.max_pending:
+                self.overflow = True
+        self.queue.put_nowait(messages)
+
+    async def get(self, timeout: float | None = None) -> list[dict[str, Any]] | None:
+        """Next batch of messages, or None once the stream ended (event loop side)."""
+        if timeout is None:
+            batch = await self.queue.get()
+        else:
+            batch = await asyncio.wait_for(self.queue.get(), timeout)
+        if batch is not None:
+            self.pending -= len(batch)
+        return batch
+
+    def fail(self, message: str) -> None:
+        """Send an ``Error`` then end the stream (from any thread)."""
+        self.deliver([{"type": "Error", "message": message}])
+        self.deliver(END)
+
+
+C = TypeVar("C", bound=Channel)
+
+
+class ModelModule(Generic[C]):
+    """A fixed table of slots served by one model thread (subclasses define the model work)."""
+
+    name = "module"
+    kind = "module"
+
+    def __init__(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.slots: list[C | None] = [None] * batch_size
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.ready = False
+        self.error: str | None = None
+        self.accepting = True
+        self.steps = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_release: Callable[[C], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the model thread (warm-up, then the step loop)."""
+        self._thread = threading.Thread(target=self._run, name=f"dsm-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the model thread; open channels are told the server is stopping."""
+        self.accepting = False
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for channel in self.channels():
+            channel.fail("the server is shutting down")
+
+    @property
+    def alive(self) -> bool:
+        """The model thread is running and has not failed."""
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    @property
+    def healthy(self) -> bool:
+        """Ready to serve: warmed up and alive."""
+        return self.ready and self.alive
+
+    def _run(self) -> None:
+        try:
+            self.warmup()
+            self.ready = True
+            log.info("%s ready: %d slots", self.name, self.batch_size)
+            while not self._stop.is_set():
+                self.wake.clear()
+                if not self.iterate():
+                    self.wake.wait(0.05)
+        except BaseException as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("%s model loop failed:\n%s", self.name, traceback.format_exc())
+            with self.lock:
+                channels = [c for c in self.slots if c is not None]
+            for channel in channels:
+                channel.fail(f"{self.name} model loop failed: {self.error}")
+        finally:
+            self.shutdown_model()
+
+    # -- slots -----------------------------------------------------------------------------
+
+    def check_available(self) -> None:
+        """Raise :class:`ModuleUnavailable` when the module can't take connections."""
+        if self.error is not None:
+            raise ModuleUnavailable(f"{self.name} model loop failed: {self.error}")
+        if not self.accepting:
+            raise ModuleUnavailable("the server is shutting down")
+
+    def claim(self, make: Callable[[int], C]) -> C | None:
+        """Take the first free slot for a new channel ``make(slot)``; None when all are busy."""
+        self.check_available()
+        with self.lock:
+            for slot, current in enumerate(self.slots):
+                if current is None:
+                    channel = make(slot)
+                    self.slots[slot] = channel
+                    break
+            else:
+                return None
+        self.wake.set()
+        return channel
+
+    def release(self, channel: C) -> None:
+        """Free the channel's slot (idempotent; from the event loop)."""
+        with self.lock:
+            if channel.closed:
+                return
+            channel.closed = True
+            if self.slots[channel.slot] is channel:
+                self.slots[channel.slot] = None
+        self.wake.set()
+        if self.on_release is not None:
+            self.on_release(channel)
+
+    def channels(self) -> list[C]:
+        """The channels holding a slot now."""
+        with self.lock:
+            return [c for c in self.slots if c is not None]
+
+    @property
+    def used_slots(self) -> int:
+        with self.lock:
+            return sum(c is not None for c in self.slots)
+
+    # -- subclass hooks --------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Allocate model state and run a few steps before the module reports ready."""
+
+    def iterate(self) -> bool:
+        """One loop iteration; False when there was no work (the thread then waits)."""
+        raise NotImplementedError
+
+    def shutdown_model(self) -> None:
+        """Release model state when the thread ends."""
+
+    def info(self) -> dict[str, str]:
+        """The module's ``/api/modules_info`` entry (all values strings, as upstream)."""
+        return {
+            "type": self.kind,
+            "used_slots": str(self.used_slots),
+            "total_slots": str(self.batch_size),
+        }

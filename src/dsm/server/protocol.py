@@ -1,0 +1,125 @@
+"""Kyutai's WebSocket wire format: msgpack maps tagged by ``"type"`` (server-protocol.md §1.6).
+
+Outgoing messages keep upstream's number types: ``pcm`` and ``prs`` are float32 arrays, times
+(``start_time``, ``stop_time``, ``start_s``, ``stop_s``) are float64, counters are ints.
+Incoming messages are parsed leniently (any numeric type, extra keys ignored) but strictly on
+structure: a message that is not a map with a known ``type`` and well-typed fields raises
+:class:`ProtocolError`, which the server answers with an ``Error`` message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+__all__ = [
+    "AudioIn",
+    "MarkerIn",
+    "ProtocolError",
+    "encode",
+    "encode_audio",
+    "error",
+    "parse_stt_message",
+]
+
+_F64 = msgpack.Packer(use_bin_type=True, use_single_float=False)
+_F32 = msgpack.Packer(use_bin_type=True, use_single_float=True)
+_FLOAT32_KEYS = frozenset({"pcm", "prs"})
+
+
+class ProtocolError(ValueError):
+    """An incoming message the server can't accept; the text goes back in an ``Error``."""
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    """``{"type": "Audio", "pcm": [...]}``: mono 24 kHz samples."""
+
+    pcm: np.ndarray  # [S] float32
+
+
+@dataclass(frozen=True)
+class MarkerIn:
+    """``{"type": "Marker", "id": int}``."""
+
+    id: int
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One outgoing message as msgpack bytes (float32 arrays, float64 scalars)."""
+    if len(message) >= 16:
+        raise ValueError("protocol messages have fewer than 16 fields")
+    parts = [bytes([0x80 | len(message)])]  # msgpack fixmap header
+    for key, value in message.items():
+        parts.append(_F64.pack(key))
+        packer = _F32 if key in _FLOAT32_KEYS else _F64
+        parts.append(packer.pack(value))
+    return b"".join(parts)
+
+
+def encode_audio(pcm: np.ndarray) -> bytes:
+    """``{"type": "Audio", "pcm": [...]}`` with float32 samples."""
+    return encode({"type": "Audio", "pcm": np.asarray(pcm, dtype=np.float32).tolist()})
+
+
+def error(message: str) -> bytes:
+    """``{"type": "Error", "message": ...}``."""
+    return encode({"type": "Error", "message": message})
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    try:
+        message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"message is not valid msgpack: {exc}") from None
+    except Exception as exc:  # msgpack raises a few unrelated types on garbage
+        raise ProtocolError(f"message is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a msgpack map, got {type(message).__name__}")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('a message needs a string "type" field')
+    return message
+
+
+def _pcm(value: Any) -> np.ndarray:
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) % 4:
+            raise ProtocolError("binary pcm must be little-endian float32 (4 bytes per sample)")
+        pcm = np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        try:
+            pcm = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ProtocolError('"pcm" must be an array of numbers') from None
+        if pcm.ndim != 1:
+            raise ProtocolError('"pcm" must be a flat array of numbers')
+    else:
+        raise ProtocolError('"pcm" must be an array of numbers')
+    if not np.isfinite(pcm).all():
+        raise ProtocolError('"pcm" contains NaN or infinite samples')
+    return pcm
+
+
+def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | None:
+    """Parse one binary frame sent to the STT socket (None: a message to ignore)."""
+    message = _unpack(data)
+    kind = message["type"]
+    if kind == "Audio":
+        if "pcm" not in message:
+            raise ProtocolError('an Audio message needs a "pcm" field')
+        return AudioIn(_pcm(message["pcm"]))
+    if kind == "Marker":
+        marker = message.get("id")
+        if isinstance(marker, bool) or not isinstance(marker, int):
+            raise ProtocolError('a Marker message needs an integer "id"')
+        return MarkerIn(marker)
+    if kind == "Init":
+        return None  # upstream injects Init itself at connect time; the slot is already fresh
+    if kind == "OggOpus":
+        raise ProtocolError("OggOpus input is not supported by this server; send Audio (pcm)")
+    raise ProtocolError(f"unknown message type {kind!r}; expected Audio or Marker")

@@ -1,0 +1,74 @@
+"""Start and stop a server inside a running asyncio loop (used by ``dsm serve`` and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from dsm.server.app import DsmServer, build_app
+from dsm.server.config import ServerConfig
+
+__all__ = ["RunningServer", "start_server"]
+
+
+@dataclass
+class RunningServer:
+    """A started server: its state, the aiohttp runner and the bound address."""
+
+    server: DsmServer
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every module has warmed up (raises if one fails or time runs out)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.server.ready():
+            for module in self.server.modules:
+                if module.error is not None:
+                    raise RuntimeError(f"{module.name} failed to start: {module.error}")
+            if loop.time() > deadline:
+                raise TimeoutError("the server's modules did not become ready in time")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: no new sessions, active ones get ``grace_s``, then closed."""
+        if not self.server.shutting_down:
+            await self.server.shutdown(grace_s)
+        await self.runner.cleanup()
+
+
+async def start_server(
+    config: ServerConfig, *, stt: Any = None, tts: Any = None, ready: bool = True
+) -> RunningServer:
+    """Build the app for the loaded models, bind ``config.host:config.port`` and start it.
+
+    Port 0 picks a free port (see :attr:`RunningServer.port`). With ``ready`` it returns once
+    the modules have warmed up.
+    """
+    server = DsmServer(config, stt=stt, tts=tts)
+    app = build_app(server)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = config.port
+    addresses = runner.addresses
+    if addresses:
+        port = int(addresses[0][1])
+    running = RunningServer(server, runner, config.host, port)
+    if ready:
+        await running.wait_ready()
+    return running

@@ -1,0 +1,336 @@
+"""The STT module: one :class:`~dsm.stt.engine.SttEngine` of ``batch_size`` slots on one thread.
+
+Per connection, an :class:`SttChannel` holds what :class:`~dsm.stt.session.SttSession` holds
+for a single stream, minus the engine: the audio queue (any chunk length, re-cut into
+1920-sample frames, the checkpoint's silence prefix first), the word assembler, markers and
+counters. Every iteration steps all slots that have a full frame (or owe a final step) in one
+batched forward; idle slots do not advance. The loop is not paced to real time.
+
+Messages per consumed frame, in order (server-protocol.md §2.3): ``Step`` (checkpoints with VAD
+heads), then ``Word``/``EndWord``, then due ``Marker``\\ s.
+
+Differences from upstream, on purpose:
+
+* ``Word`` is sent at the first padding after its last piece, as upstream; but ``EndWord``
+  comes at the next word's onset **or at most 1 s after the word's start**, so the last word
+  before a silence gets its end without waiting for more speech (moshi issue #315).
+* ``Word.start_time`` is the step after the end-of-padding marker (upstream: the marker's step,
+  0.08 s earlier); times are seconds of the client's audio (the silence prefix and the model
+  delay are removed).
+* A ``Marker`` comes back after this connection's own audio before it, plus the model delay and
+  one step, has been processed (upstream counts global steps, so it can come back early when
+  other clients are busy).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsm.mimi import FRAME_RATE, FRAME_SIZE
+from dsm.server.metrics import ServerMetrics
+from dsm.server.module import Channel, ModelModule
+from dsm.stt.engine import SttEngine
+from dsm.stt.framing import plan_feed
+from dsm.stt.model import SpeechToText
+from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+
+__all__ = ["SttChannel", "SttModule"]
+
+_FINAL = "final"  # next_input: one last step without audio (end of stream)
+
+
+class SttChannel(Channel):
+    """A connection's STT state, shared by the event loop (input side) and the model thread."""
+
+    def __init__(
+        self,
+        slot: int,
+        loop: Any,
+        stt: SpeechToText,
+        *,
+        max_pending: int,
+        max_buffered_samples: int,
+    ) -> None:
+        super().__init__(slot, loop, max_pending)
+        self.plan = plan_feed(stt.prefix_seconds, stt.delay_seconds)
+        self.padding_id = stt.padding_id
+        self.decode = stt.tokenizer.decode
+        self.max_buffered_samples = max_buffered_samples
+        # Input side (under ``lock``).
+        self._chunks: deque[np.ndarray] = deque()
+        self._times: deque[float] = deque()  # arrival time of each chunk
+        self._head = 0  # samples already taken from _chunks[0]
+        self._available = 0  # samples queued, prefix included
+        self._prefix_left = self.plan.left_samples
+        if self._prefix_left:
+            self._chunks.append(np.zeros(self._prefix_left, dtype=np.float32))
+            self._times.append(time.monotonic())
+            self._available = self._prefix_left
+        self.received = 0  # client samples received
+        self._markers: deque[tuple[int, int]] = deque()  # (client samples before it, id)
+        self.end_of_stream = False
+        # Model-thread side.
+        self.words = WordStream(
+            stt.tokenizer.decode,
+            stt.tokenizer.encode,
+            frame_rate=FRAME_RATE,
+            offset_seconds=self.plan.word_offset_seconds,
+            padding_id=stt.padding_id,
+        )
+        self.delay_steps = math.ceil(stt.delay_seconds * FRAME_RATE - 1e-6)
+        self.step_index = 0
+        self.fed_samples = 0
+        self.client_frames_reported = 0
+        self.tokens: list[int] = []
+        self.frame_arrival: float | None = None
+        self._padded = False
+        self._final_done = False
+        self.done = False
+
+    # -- event loop side ---------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Client samples queued and not yet consumed by the model."""
+        return max(0, self._available - self._prefix_left)
+
+    @property
+    def full(self) -> bool:
+        """The queue is over its bound: the connection should stop reading for a while."""
+        return self.buffered >= self.max_buffered_samples
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Queue client samples (any length)."""
+        if pcm.size == 0:
+            return
+        with self.lock:
+            if self.end_of_stream:
+                raise RuntimeError("audio after the end of the stream")
+            self._chunks.append(pcm)
+            self._times.append(time.monotonic())
+            self._available += int(pcm.shape[0])
+            self.received += int(pcm.shape[0])
+
+    def push_marker(self, marker_id: int) -> None:
+        """Queue a marker, echoed once the audio before it has been transcribed."""
+        with self.lock:
+            self._markers.append((self.received, marker_id))
+
+    def finish_input(self) -> None:
+        """No more audio: pad with the model delay, run the last step, close open words."""
+        with self.lock:
+            self.end_of_stream = True
+
+    # -- model thread side -------------------------------------------------------------------
+
+    def _take(self, n: int) -> np.ndarray:
+        out = np.empty(n, dtype=np.float32)
+        filled = 0
+        while filled < n:
+            chunk = self._chunks[0]
+            part = chunk[self._head : self._head + n - filled]
+            out[filled : filled + part.shape[0]] = part
+            filled += part.shape[0]
+            self._head += part.shape[0]
+            if self._head >= chunk.shape[0]:
+                self._chunks.popleft()
+                self.frame_arrival = self._times.popleft()
+                self._head = 0
+        if self._head:
+            self.frame_arrival = self._times[0]
+        self._available -= n
+        self._prefix_left = max(0, self._prefix_left - n)
+        return out
+
+    def next_input(self) -> np.ndarray | str | None:
+        """The next frame to encode, ``_FINAL`` for the closing step, or None (nothing yet)."""
+        with self.lock:
+            if self._available >= FRAME_SIZE:
+                return self._take(FRAME_SIZE)
+            if not self.end_of_stream:
+                return None
+            if not self._padded:
+                # As TranscriptionJob: input + delay + 1 s of silence, whole frames only.
+                self._padded = True
+                right = self.plan.right_samples
+                self._chunks.append(np.zeros(right, dtype=np.float32))
+                self._times.append(time.monotonic())
+                self._available += right
+                self._prefix_left = 0
+                if self._available >= FRAME_SIZE:
+                    return self._take(FRAME_SIZE)
+            if not self._final_done:
+                self._final_done = True
+                return _FINAL
+            return None
+
+    def _due_markers(self, step: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self.lock:
+            while self._markers:
+                before, marker_id = self._markers[0]
+                frames = -(-(self.plan.left_samples + before) // FRAME_SIZE)
+                # Frame f is read by the LM at step f + 1; its text lags by the delay, and a word
+                # is sent at the padding after it.
+                if step < frames + self.delay_steps + 1 and not self._final_done:
+                    break
+                self._markers.popleft()
+                out.append({"type": "Marker", "id": marker_id})
+        return out
+
+    def consume(
+        self, token: int, prs: list[float] | None, fed: bool, global_step: int
+    ) -> list[dict[str, Any]]:
+        """Turn this slot's output of one step into protocol messages."""
+        step = self.step_index
+        self.step_index += 1
+        messages: list[dict[str, Any]] = []
+        if fed:
+            self.fed_samples += FRAME_SIZE
+            client_frames = max(0, self.fed_samples - self.plan.left_samples) // FRAME_SIZE
+            if prs is not None and client_frames > self.client_frames_reported:
+                self.client_frames_reported += 1
+                messages.append(
+                    {"type": "Step", "step_idx": global_step, "prs": prs,
+                     "buffered_pcm": self.buffered}
+                )  # fmt: skip
+        if step > 0:
+            self.tokens.append(token)
+            messages += _word_messages(self.words.push(step, token))
+        if self._final_done and not fed:
+            messages += _word_messages(self.words.finish(step))
+            messages += self._due_markers(step)
+            kept = [t for t in self.tokens if t > self.padding_id]
+            messages.append(
+                {"type": "_Done", "text": self.decode(kept).strip(),
+                 "duration": self.received / 24000.0}
+            )  # fmt: skip
+            self.done = True
+            return messages
+        messages += self._due_markers(step)
+        return messages
+
+
+def _word_messages(events: list[WordStart | WordEnd]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for event in events:
+        if isinstance(event, WordStart):
+            out.append({"type": "Word", "text": event.text, "start_time": float(event.start)})
+        else:
+            out.append({"type": "EndWord", "stop_time": float(event.end)})
+    return out
+
+
+class SttModule(ModelModule[SttChannel]):
+    """Batched streaming STT served from one model thread."""
+
+    name = "stt"
+    kind = "batched_asr"
+
+    def __init__(
+        self,
+        stt: SpeechToText,
+        batch_size: int,
+        metrics: ServerMetrics,
+        *,
+        max_buffered_seconds: float = 120.0,
+        max_pending_messages: int = 20000,
+        warmup_steps: int = 2,
+        path: str = "/api/asr-streaming",
+    ) -> None:
+        super().__init__(batch_size)
+        self.stt = stt
+        self.metrics = metrics
+        self.path = path
+        self.max_buffered_samples = int(max_buffered_seconds * stt.sample_rate)
+        self.max_pending_messages = max_pending_messages
+        self.warmup_steps = warmup_steps
+        self.engine = SttEngine(stt.codec, stt.lm, batch_size)
+        B = batch_size
+        self._pcm = torch.zeros(B, FRAME_SIZE, dtype=torch.float32)
+        self._active = torch.zeros(B, dtype=torch.bool)
+        self._feed = torch.zeros(B, dtype=torch.bool)
+        self.last_step_seconds = 0.0
+        metrics.gauge("asr_open_channels", "occupied STT slots", lambda: self.used_slots)
+        self.on_release = self._released
+
+    def new_channel(self, loop: Any) -> SttChannel | None:
+        """Claim a slot for a connection on ``loop`` (None: no free slot)."""
+        return self.claim(
+            lambda slot: SttChannel(
+                slot, loop, self.stt,
+                max_pending=self.max_pending_messages,
+                max_buffered_samples=self.max_buffered_samples,
+            )
+        )  # fmt: skip
+
+    def _released(self, channel: SttChannel) -> None:
+        self.metrics.asr_connection_steps.observe(channel.step_index)
+
+    def warmup(self) -> None:
+        self.engine.start()
+        everyone = list(range(self.batch_size))
+        self.engine.start_slot(everyone)
+        on = torch.ones(self.batch_size, dtype=torch.bool)
+        for _ in range(self.warmup_steps):
+            self.engine.step(self._pcm.to(self.stt.codec.device), on, on)
+            self.steps += 1
+
+    def shutdown_model(self) -> None:
+        self.engine.close()
+
+    def iterate(self) -> bool:
+        with self.lock:
+            channels = list(self.slots)
+        fresh = [ch for ch in channels if ch is not None and not ch.started]
+        if fresh:
+            self.engine.start_slot([ch.slot for ch in fresh])
+            for ch in fresh:
+                ch.started = True
+        self._pcm.zero_()
+        self._active.zero_()
+        self._feed.zero_()
+        work: list[tuple[SttChannel, bool, float | None]] = []
+        for c in channels:
+            if c is None or c.closed or c.done:
+                continue
+            item = c.next_input()
+            if item is None:
+                continue
+            self._active[c.slot] = True
+            if isinstance(item, np.ndarray):
+                self._pcm[c.slot] = torch.from_numpy(item)
+                self._feed[c.slot] = True
+                work.append((c, True, c.frame_arrival))
+            else:
+                work.append((c, False, None))
+        if not work:
+            return False
+        start = time.perf_counter()
+        out = self.engine.step(self._pcm.to(self.stt.codec.device), self._active, self._feed)
+        self.last_step_seconds = time.perf_counter() - start
+        self.metrics.asr_step.observe(self.last_step_seconds)
+        self.steps += 1
+        tokens = out.tokens.tolist()
+        pauses = out.pause.tolist() if out.pause is not None else None
+        now = time.monotonic()
+        for c, fed, arrival in work:
+            messages = c.consume(
+                int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
+                self.steps,
+            )  # fmt: skip
+            c.deliver(messages)
+            if arrival is not None and fed:
+                self.metrics.asr_frame_latency.observe(now - arrival)
+        return True
+
+    def info(self) -> dict[str, str]:
+        entry = super().info()
+        entry.update({"path": self.path, "model": self.stt.name})
+        return entry

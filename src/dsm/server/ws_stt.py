@@ -1,0 +1,143 @@
+"""``GET /api/asr-streaming``: Kyutai's streaming STT WebSocket (server-protocol.md §2).
+
+One connection = one slot. The handler runs two tasks: the receive loop (this coroutine) parses
+client messages into the channel, and the sender is the only writer to the socket, so an
+``Error`` (capacity, invalid message, timeout, failed model, slow client) is always the last
+message before the close.
+
+Flow control: when a connection has more than ``max_buffered_seconds`` of audio queued, the
+handler stops reading from its socket until the model catches up; TCP pushes back on the
+client, and no other connection is slowed. A client that does not read its results is dropped
+once ``max_pending_messages`` are waiting. A connection that sends no data message for
+``idle_timeout_s`` (or stops answering pings) loses its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from dsm.server.module import ModuleUnavailable
+from dsm.server.protocol import AudioIn, MarkerIn, ProtocolError, encode, error, parse_stt_message
+from dsm.server.stt_module import SttChannel
+
+if TYPE_CHECKING:
+    from dsm.server.app import DsmServer
+
+__all__ = ["NO_FREE_CHANNELS", "handle_stt_websocket"]
+
+log = logging.getLogger("dsm.server")
+
+NO_FREE_CHANNELS = "no free channels"
+_SENDER_GRACE_S = 5.0
+
+
+async def _reject(ws: web.WebSocketResponse, message: str) -> web.WebSocketResponse:
+    try:
+        await ws.send_bytes(error(message))
+        await ws.close()
+    except (ConnectionError, RuntimeError):
+        pass
+    return ws
+
+
+async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
+    try:
+        while True:
+            batch = await channel.get()
+            if batch is None:
+                break
+            for message in batch:
+                if not message["type"].startswith("_"):
+                    await ws.send_bytes(encode(message))
+            if channel.overflow:
+                server.metrics.inc("dsm_slow_clients")
+                await ws.send_bytes(
+                    error("too many unread results: the client is not reading; closing")
+                )
+                break
+    except (ConnectionError, RuntimeError, asyncio.CancelledError):
+        pass
+    finally:
+        if not ws.closed:
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(ws.close(), _SENDER_GRACE_S)
+
+
+async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
+    idle = server.config.stt.idle_timeout_s
+    while not ws.closed and not channel.closed:
+        while channel.full and not ws.closed:
+            await asyncio.sleep(0.01)
+        try:
+            msg = await ws.receive(timeout=idle)
+        except asyncio.TimeoutError:
+            server.metrics.inc("dsm_timeouts")
+            channel.fail(f"no data received for {idle:g} s: closing the connection")
+            return
+        if msg.type == WSMsgType.BINARY:
+            try:
+                parsed = parse_stt_message(msg.data)
+            except ProtocolError as exc:
+                server.metrics.inc("dsm_protocol_errors")
+                channel.fail(str(exc))
+                return
+            if isinstance(parsed, AudioIn):
+                channel.push_audio(parsed.pcm)
+                server.stt_module_or_fail().wake.set()
+            elif isinstance(parsed, MarkerIn):
+                channel.push_marker(parsed.id)
+                server.stt_module_or_fail().wake.set()
+        elif msg.type == WSMsgType.TEXT:
+            continue  # upstream ignores text frames on the STT socket
+        else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. a message over max_msg_size)
+            if msg.type == WSMsgType.ERROR:
+                server.metrics.inc("dsm_protocol_errors")
+            return
+
+
+async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
+    """The STT WebSocket endpoint (auth, slot, Ready, then the two loops)."""
+    from dsm.server.app import SERVER_KEY
+
+    server = request.app[SERVER_KEY]
+    server.check_key(request, allow_query=True)
+    config = server.config
+    ws = web.WebSocketResponse(
+        max_msg_size=config.stt.max_message_bytes,
+        heartbeat=config.heartbeat_s if config.heartbeat_s > 0 else None,
+        autoping=True,
+    )
+    await ws.prepare(request)
+    server.metrics.inc("asr_connect")
+    module = server.stt_module_or_fail()
+    try:
+        channel = module.new_channel(asyncio.get_running_loop())
+    except ModuleUnavailable as exc:
+        return await _reject(ws, str(exc))
+    if channel is None:
+        server.metrics.inc("dsm_rejected_no_free_channels")
+        log.warning("stt: no free channels (%d slots busy)", module.batch_size)
+        return await _reject(ws, NO_FREE_CHANNELS)
+    log.info("stt connection on slot %d", channel.slot)
+    sender: asyncio.Task[None] | None = None
+    try:
+        await ws.send_bytes(encode({"type": "Ready"}))
+        sender = asyncio.create_task(_send_loop(ws, channel, server))
+        await _receive_loop(ws, channel, server)
+        if not ws.closed:
+            # The receive loop queued an Error: let the sender deliver it and close.
+            await asyncio.wait({sender}, timeout=_SENDER_GRACE_S)
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        module.release(channel)
+        if sender is not None and not sender.done():
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        log.info("stt connection on slot %d ended", channel.slot)
+    return ws

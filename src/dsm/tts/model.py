@@ -1,0 +1,512 @@
+"""Text-to-speech: ``dsm.load_tts(...)`` and :class:`TextToSpeech`.
+
+::
+
+    tts = dsm.load_tts()                                  # kyutai/tts-1.6b-en_fr
+    speech = tts.synthesize("Hello world!", voice="expresso/ex03-ex01_happy_001_channel1_334s.wav")
+    speech.pcm, speech.sample_rate, speech.words          # float32 24 kHz mono, timed words
+    many = tts.synthesize(["One.", "Two."])               # one batch, a list of results
+    dialog = tts.synthesize_dialog(["Hi!", "Hello."], voices=[voice_a, voice_b])
+
+    with tts.stream(voice=...) as session:                # text in as it arrives
+        for chunk in llm_tokens:
+            for event in session.push(chunk):             # AudioChunk (80 ms) or Word
+                ...
+        for event in session.end():
+            ...
+
+Generation follows the reference ``TTSModel`` (model-spec §5): entries and the state machine of
+:mod:`dsm.tts.entries` / :mod:`dsm.tts.state_machine`, the slot engine of :mod:`dsm.tts.engine`.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from dsm.checkpoint import CheckpointConfig, open_checkpoint
+from dsm.errors import CheckpointError, DsmError
+from dsm.mimi import FRAME_RATE, SAMPLE_RATE, MimiCodec
+from dsm.models.conditioners import Conditions, LUTConditioner, TensorConditioner
+from dsm.models.lm import LMModel
+from dsm.stt.words import Word
+from dsm.tokenizer import TextTokenizer
+from dsm.tts.engine import TtsEngine
+from dsm.tts.entries import Entry, EntryMaker, TextError, script_to_entries
+from dsm.tts.state_machine import StateMachine
+from dsm.tts.voices import (
+    DEFAULT_VOICE,
+    DEFAULT_VOICE_REPO,
+    VoiceError,
+    list_voices,
+    load_voice_embedding,
+    resolve_voice,
+    voice_suffix,
+)
+
+if TYPE_CHECKING:
+    from dsm.tts.session import TtsSession
+
+__all__ = ["DEFAULT_TTS", "Speech", "TextToSpeech", "Voice", "load_tts", "write_wav"]
+
+DEFAULT_TTS = "kyutai/tts-1.6b-en_fr"
+SPEAKER_CONDITION = "speaker_wavs"  # tensor conditioner of the voice embeddings (cross-attended)
+CFG_CONDITION = "cfg"  # LUT of CFG-distilled checkpoints: the guidance strength as "2.0"
+CONTROL_CONDITION = "control"  # LUT always set to "ok" by the reference
+Voice = str | Path | torch.Tensor  # name in the voice repo, embedding file, or [1, dim, T] tensor
+
+
+def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio in [-1, 1] as a 16-bit PCM wav file."""
+    data = np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0)
+    ints = np.round(data * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(ints.tobytes())
+
+
+@dataclass
+class Speech:
+    """One synthesized utterance.
+
+    Attributes:
+        pcm: float32 ``[S]`` mono audio at ``sample_rate`` (24 kHz), in [-1, 1].
+        sample_rate: 24000.
+        words: the words with ``start``/``end`` in seconds of ``pcm``.
+        tokens: ``[1 + n_q, T]`` int64 generated frames (text stream first: the multiplexed fed
+            token; audio ``-1`` before the audio delay), for inspection.
+        truncated: generation hit the step limit before the end of the text.
+    """
+
+    pcm: np.ndarray
+    sample_rate: int
+    words: list[Word] = field(default_factory=list)
+    tokens: np.ndarray | None = None
+    truncated: bool = False
+
+    @property
+    def duration(self) -> float:
+        """Length of the audio in seconds."""
+        return len(self.pcm) / self.sample_rate
+
+    def save(self, path: str | Path) -> None:
+        """Write the audio as a 16-bit wav file."""
+        write_wav(path, self.pcm, self.sample_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"duration": round(self.duration, 3), "words": [w.to_dict() for w in self.words]}
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tts(
+    source: str | Path = DEFAULT_TTS,
+    *,
+    voice_repo: str | Path = DEFAULT_VOICE_REPO,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    n_q: int | None = None,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    lm_weights: str | Path | None = None,
+    mimi_weights: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+) -> TextToSpeech:
+    """Load a text-to-speech checkpoint (hub repo id or local directory).
+
+    Args:
+        source: e.g. ``"kyutai/tts-1.6b-en_fr"`` or a directory with its ``config.json``.
+        voice_repo: where voice names are looked up: a hub repo id or a local directory.
+        device: default CUDA when available, else CPU.
+        dtype: LM dtype; bfloat16 on CUDA and float32 on CPU by default.
+        n_q: audio codebooks to generate (default all; fewer is faster, lower quality).
+        revision, config, lm_weights, mimi_weights, tokenizer: as for :func:`dsm.load_stt`.
+    """
+    from dsm.lm import load_lm_from_files
+    from dsm.mimi import load_mimi
+
+    ckpt = open_checkpoint(
+        source,
+        revision=revision,
+        config=config,
+        lm_weights=lm_weights,
+        mimi_weights=mimi_weights,
+        tokenizer=tokenizer,
+    )
+    cfg = ckpt.config
+    if cfg.tts is None or cfg.lm.dep_q == 0:
+        raise CheckpointError(
+            f"{source} is a {cfg.model_type!r} checkpoint without tts_config/depformer, not "
+            f"text-to-speech; use a TTS checkpoint such as {DEFAULT_TTS}"
+        )
+    dev = _default_device(device)
+    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype)
+    codec = load_mimi(ckpt.mimi_file(), device=dev)
+    text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
+    return TextToSpeech(
+        lm, codec, text_tokenizer, cfg, voice_repo=voice_repo, n_q=n_q, name=str(source)
+    )
+
+
+class TextToSpeech:
+    """A loaded TTS model: the DSM LM, Mimi, the tokenizer and the checkpoint's TTS settings.
+
+    ``max_padding``, ``initial_padding``, ``final_padding`` and ``padding_bonus`` are the
+    reference's ``TTSModel.from_checkpoint_info`` defaults (8, 2, 4, 0).
+    """
+
+    def __init__(
+        self,
+        lm: LMModel,
+        codec: MimiCodec,
+        tokenizer: TextTokenizer,
+        config: CheckpointConfig,
+        *,
+        voice_repo: str | Path = DEFAULT_VOICE_REPO,
+        n_q: int | None = None,
+        name: str = "",
+        max_padding: int = 8,
+        initial_padding: int = 2,
+        final_padding: int = 4,
+        padding_bonus: float = 0.0,
+    ) -> None:
+        if config.tts is None:
+            raise CheckpointError(f"{name or 'this checkpoint'} has no tts_config")
+        self.lm = lm.eval()
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name
+        self.voice_repo = voice_repo
+        self.n_q = lm.dep_q if n_q is None else n_q
+        if not 0 < self.n_q <= lm.dep_q:
+            raise DsmError(f"n_q must be in [1, {lm.dep_q}], got {self.n_q}")
+        tts = config.tts
+        # The reference's expression, float rounding included (1.28 s -> 16 steps).
+        self.delay_steps = int(tts.audio_delay * FRAME_RATE)
+        self.max_speakers = tts.max_speakers
+        self.final_padding = final_padding
+        self.padding_bonus = padding_bonus
+        self.machine = StateMachine(
+            card=lm.text_card + 1,
+            second_stream_ahead=tts.second_stream_ahead,
+            max_padding=max_padding,
+            initial_padding=initial_padding,
+        )
+        provider = lm.condition_provider
+        self._conditioners = dict(provider.conditioners.items()) if provider is not None else {}
+        self.multi_speaker = SPEAKER_CONDITION in self._conditioners
+        cfg_lut = self._conditioners.get(CFG_CONDITION)
+        self.cfg_values: tuple[float, ...] = ()
+        if isinstance(cfg_lut, LUTConditioner):
+            self.cfg_values = tuple(sorted(float(v) for v in cfg_lut.possible_values))
+        self.voice_suffix = voice_suffix(config.model_id) if self.multi_speaker else ""
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------------------- properties
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        return FRAME_RATE
+
+    @property
+    def cfg_distilled(self) -> bool:
+        """The checkpoint takes the CFG strength as a condition (no doubled batch)."""
+        return bool(self.cfg_values)
+
+    def voices(self, *, remote: bool = False) -> list[str]:
+        """Voice names of the voice repo made for this checkpoint (local cache / directory;
+        ``remote=True`` also asks the hub)."""
+        return list_voices(self.voice_repo, self.voice_suffix or ".safetensors", remote=remote)
+
+    # ----------------------------------------------------------------------------- text
+
+    def entries(self, turns: Sequence[str]) -> list[Entry]:
+        """Entries of a script (``turns[0]`` = main speaker); raises on unspeakable text."""
+        entries = script_to_entries(
+            turns,
+            self.tokenizer.encode,
+            multi_speaker=self.multi_speaker,
+            padding_between=1,
+            frame_rate=FRAME_RATE,
+        )
+        if not any(entry.tokens for entry in entries):
+            raise TextError("the text is empty: give at least one word to say")
+        return entries
+
+    def entry_maker(self) -> EntryMaker:
+        return EntryMaker(self.tokenizer.encode, self.multi_speaker, 1, FRAME_RATE)
+
+    # ----------------------------------------------------------------------------- conditions
+
+    def check_cfg(self, cfg: float) -> float | None:
+        """The guidance strength: returns the LUT value to condition on (CFG-distilled models)
+        or None (direct CFG / none)."""
+        cfg = float(cfg)
+        if self.cfg_values:
+            if cfg not in self.cfg_values:
+                valid = ", ".join(f"{v:g}" for v in self.cfg_values)
+                raise DsmError(
+                    f"cfg {cfg:g} is not supported by this checkpoint; use one of {valid}"
+                )
+            return cfg
+        if cfg < 1.0:
+            raise DsmError(f"cfg must be >= 1 (1 disables guidance), got {cfg:g}")
+        return None
+
+    def voice_embedding(self, voice: Voice) -> torch.Tensor:
+        """``[1, dim, T]`` float32 embedding of ``voice`` (checked against the checkpoint)."""
+        if isinstance(voice, torch.Tensor):
+            emb = voice.detach().float()
+            if emb.dim() == 2:
+                emb = emb[None]
+            return emb
+        path = resolve_voice(voice, repo=self.voice_repo, suffix=self.voice_suffix)
+        key = str(path)
+        if key not in self._embeddings:
+            speaker = self._conditioners[SPEAKER_CONDITION]
+            assert isinstance(speaker, TensorConditioner)
+            self._embeddings[key] = load_voice_embedding(
+                path, model_id=self.config.model_id, dim=int(speaker.dim)
+            )
+        return self._embeddings[key]
+
+    def conditions(self, voices: Sequence[Voice | None], cfg: float) -> Conditions:
+        """One slot's condition rows: voices in speaker slots 0, 1, ... and the cfg value.
+
+        With direct CFG (``cfg != 1`` on a model that is not CFG-distilled) a second, null row
+        follows (every condition dropped).
+        """
+        lut_cfg = self.check_cfg(cfg)
+        if not self.multi_speaker and any(v is not None for v in voices):
+            raise VoiceError(
+                f"{self.name or 'this checkpoint'} has no speaker conditioning "
+                "(voices through an audio prefix are not supported yet)"
+            )
+        text: dict[str, list[str | None]] = {}
+        tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        speaker_len = 0
+        for name, module in self._conditioners.items():
+            if isinstance(module, LUTConditioner):
+                value: str | None = None
+                if name == CONTROL_CONDITION:
+                    value = "ok"
+                elif name == CFG_CONDITION and lut_cfg is not None:
+                    value = format(lut_cfg, ".1f")
+                text[name] = [value]
+            elif isinstance(module, TensorConditioner) and name == SPEAKER_CONDITION:
+                tensor, mask = self._speaker_tensor(voices, int(module.dim))
+                speaker_len = tensor.shape[1]
+                tensors[name] = (tensor, mask)
+            else:
+                raise DsmError(f"unsupported conditioner {name!r} in this checkpoint")
+        rows = self.lm.make_conditions(text, tensors, 1)
+        if lut_cfg is None and float(cfg) != 1.0:
+            lengths = {SPEAKER_CONDITION: speaker_len} if speaker_len else None
+            rows = Conditions.cat([rows, self.lm.null_conditions(1, lengths)])
+        return rows
+
+    def _speaker_tensor(
+        self, voices: Sequence[Voice | None], dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[1, max_speakers * T, dim]`` and mask: each voice in its speaker slot (§5.5)."""
+        wanted = list(voices) or [None]
+        if wanted == [None]:
+            wanted = [DEFAULT_VOICE]
+        if len(wanted) > self.max_speakers:
+            raise VoiceError(f"at most {self.max_speakers} voices, got {len(wanted)}")
+        embs = [None if v is None else self.voice_embedding(v) for v in wanted]
+        lengths = {int(e.shape[2]) for e in embs if e is not None}
+        if len(lengths) != 1:
+            raise VoiceError(f"voice embeddings must all have the same length, got {lengths}")
+        T = lengths.pop()
+        tensor = torch.zeros(1, self.max_speakers, T, dim)
+        mask = torch.zeros(1, self.max_speakers, T, dtype=torch.bool)
+        for index, emb in enumerate(embs):
+            if emb is not None:
+                if emb.shape[1] != dim:
+                    raise VoiceError(f"voice embedding width {emb.shape[1]} != {dim}")
+                tensor[0, index] = emb[0].transpose(0, 1)
+                mask[0, index] = True
+        return tensor.view(1, -1, dim), mask.view(1, -1)
+
+    # ----------------------------------------------------------------------------- generation
+
+    def make_engine(
+        self,
+        batch_size: int,
+        conditions: Conditions | None,
+        *,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+        record_tokens: bool = False,
+    ) -> TtsEngine:
+        """A slot engine (see :class:`~dsm.tts.engine.TtsEngine`) with template ``conditions``
+        for ``batch_size`` slots (all conditional rows, then the null rows with direct CFG)."""
+        direct = 1.0 if self.cfg_values else float(cfg)
+        return TtsEngine(
+            self.lm,
+            self.codec,
+            self.machine,
+            batch_size=batch_size,
+            delay_steps=self.delay_steps,
+            conditions=conditions,
+            n_q=self.n_q,
+            cfg_coef=direct,
+            final_padding=self.final_padding,
+            padding_bonus=self.padding_bonus,
+            temperature=temperature,
+            seed=seed,
+            record_tokens=record_tokens,
+        )
+
+    def _batch_conditions(self, rows: list[Conditions]) -> Conditions | None:
+        if not self._conditioners:
+            return None
+        if rows[0].batch_size == 2:  # direct CFG: conditional rows first, null rows after
+            cond = [
+                Conditions(
+                    r.sum[:1] if r.sum is not None else None,
+                    r.cross[:1] if r.cross is not None else None,
+                )
+                for r in rows
+            ]
+            null = [
+                Conditions(
+                    r.sum[1:] if r.sum is not None else None,
+                    r.cross[1:] if r.cross is not None else None,
+                )
+                for r in rows
+            ]
+            return Conditions.cat(cond + null)
+        return Conditions.cat(rows)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        scripts: list[list[str]],
+        voices: list[list[Voice | None]],
+        *,
+        cfg: float,
+        temperature: float,
+        seed: int | None,
+    ) -> list[Speech]:
+        entries = [self.entries(script) for script in scripts]
+        rows = [self.conditions(v, cfg) for v in voices]
+        B = len(scripts)
+        engine = self.make_engine(
+            B,
+            self._batch_conditions(rows),
+            cfg=cfg,
+            temperature=temperature,
+            seed=seed,
+            record_tokens=True,
+        )
+        pcm: list[list[np.ndarray]] = [[] for _ in range(B)]
+        words: list[list[Word]] = [[] for _ in range(B)]
+        frames: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        truncated = [False] * B
+        with engine:
+            for b in range(B):
+                engine.start_slot(b, entries=entries[b], complete=True)
+            while engine.busy:
+                for out in engine.step():
+                    b = out.slot
+                    if out.pcm is not None:
+                        pcm[b].append(out.pcm)
+                    words[b].extend(out.words)
+                    if out.tokens is not None:
+                        frames[b].append(out.tokens)
+                    truncated[b] = truncated[b] or out.truncated
+        results = []
+        for b in range(B):
+            audio = np.concatenate(pcm[b]) if pcm[b] else np.zeros(0, dtype=np.float32)
+            tokens = torch.stack(frames[b], dim=1).numpy() if frames[b] else None
+            results.append(Speech(audio, SAMPLE_RATE, words[b], tokens, truncated[b]))
+        return results
+
+    def synthesize(
+        self,
+        text: str | Sequence[str],
+        *,
+        voice: Voice | Sequence[Voice] | None = None,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+    ) -> Any:
+        """Speak ``text`` (a :class:`Speech`), or each text of a list as one batch (a list).
+
+        Args:
+            text: the text; ``<break time="1.5s"/>`` inserts a pause.
+            voice: a voice name of the voice repo, an embedding ``.safetensors`` file, or a list
+                with one voice per text; default: the reference scripts' default voice.
+            cfg: guidance strength; for CFG-distilled checkpoints one of :attr:`cfg_values`.
+            temperature: sampling temperature of text and audio (0: greedy).
+            seed: makes sampling reproducible.
+        """
+        single = isinstance(text, str)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise TextError("no text given")
+        if isinstance(voice, (list, tuple)):
+            if len(voice) != len(texts):
+                raise DsmError(f"{len(voice)} voices for {len(texts)} texts")
+            voice_list: list[Voice | None] = list(voice)
+        else:
+            voice_list = [voice] * len(texts)  # type: ignore[list-item]
+        results = self._generate(
+            [[t] for t in texts],
+            [[v] for v in voice_list],
+            cfg=cfg,
+            temperature=temperature,
+            seed=seed,
+        )
+        return results[0] if single else results
+
+    def synthesize_dialog(
+        self,
+        turns: Sequence[str],
+        *,
+        voices: Sequence[Voice],
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+    ) -> Speech:
+        """A dialog: ``turns`` alternate between ``voices[0]`` (first turn) and ``voices[1]``."""
+        if not self.multi_speaker:
+            raise DsmError(f"{self.name or 'this checkpoint'} does not support speaker turns")
+        if len(voices) != 2:
+            raise VoiceError(f"a dialog takes two voices, got {len(voices)}")
+        return self._generate(
+            [list(turns)], [list(voices)], cfg=cfg, temperature=temperature, seed=seed
+        )[0]
+
+    def stream(
+        self,
+        *,
+        voice: Voice | None = None,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+    ) -> TtsSession:
+        """A live session: push text as it arrives, get 80 ms audio chunks and words."""
+        from dsm.tts.session import TtsSession
+
+        return TtsSession(self, voice=voice, cfg=cfg, temperature=temperature, seed=seed)

@@ -1,0 +1,203 @@
+"""A complete tiny TTS checkpoint built by the reference, and the reference's TTS pipeline.
+
+The checkpoint directory holds ``config.json`` (a scaled-down tts-1.6b: depformer with a
+schedule, low-rank and demultiplexed embeddings, cross-attended speaker tensor, ``cfg`` and
+``control`` LUTs, delays ``[0, 0, 2, ...]``, ``tts_config``, ``model_id``), the LM weights, a
+random Mimi (published architecture, decoding ``n_q`` codebooks), a SentencePiece tokenizer
+trained at test time and a voice repo directory with one embedding ``[1, dim, T]`` carrying the
+checkpoint's ``sig``/``epoch`` metadata.
+
+Random weights make the text head's argmax an arbitrary id, which the state machine turns into
+padding: words would then only start when ``max_padding`` runs out. The NEW_WORD (0) and PAD
+(3) rows of ``text_linear`` are scaled up so that greedy decoding picks between the two, as a
+trained model does, and the model's own choices drive the state machine.
+
+:func:`reference_synthesize` runs the reference ``TTSModel`` (built as
+``from_checkpoint_info`` would) and decodes like ``simple_generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from tests.helpers.hub_layout import save_hub_safetensors
+from tests.helpers.reference_lm import TTS_LIKE, make_reference_lm
+from tests.helpers.reference_mimi import build_reference_mimi, save_reference_mimi
+from tests.helpers.tiny_tokenizer import _TEXT as TINY_CORPUS
+
+VOICE_NAME = "test/voice_a.wav"
+OTHER_VOICE_NAME = "test/voice_b.wav"
+VOICE_FRAMES = 10
+TEXT_VOCAB = 64
+
+
+_EXTRA_CORPUS = """It's the dog's bone, isn't it? Wait! Don't go: we'll see.
+What a day. Yes, no, maybe; of course.
+"""
+
+
+def train_tts_tokenizer(
+    directory: Path, vocab_size: int = TEXT_VOCAB, name: str = "tok.model"
+) -> Path:
+    """A SentencePiece model with Kyutai's special ids (0 unk, 1 bos, 2 eos, 3 pad) that also
+    knows apostrophes and a few capitals."""
+    import sentencepiece
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text((TINY_CORPUS + _EXTRA_CORPUS) * 3)
+    prefix = directory / Path(name).stem
+    sentencepiece.SentencePieceTrainer.Train(
+        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
+    )  # fmt: skip
+    model = prefix.with_suffix(".model")
+    if model.name != name:
+        model = model.rename(directory / name)
+    return model
+
+
+def tts_config(audio_delay: float = 1.28) -> dict[str, Any]:
+    """TTS_LIKE with Mimi's card and a text vocabulary matching the test tokenizer."""
+    config = copy.deepcopy(TTS_LIKE)
+    config.update(card=2048, text_card=TEXT_VOCAB, dim=32, num_heads=2, context=24)
+    config["tts_config"] = {"audio_delay": audio_delay, "second_stream_ahead": 2}
+    return config
+
+
+@dataclass
+class ReferenceTts:
+    """The reference models of a checkpoint directory, the directory and its voice repo."""
+
+    lm: Any
+    mimi: Any
+    tokenizer: Any
+    directory: Path
+    voice_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def suffix(self) -> str:
+        model_id = self.config["model_id"]
+        return f".{model_id['sig']}@{model_id['epoch']}.safetensors"
+
+    def voice_path(self, name: str = VOICE_NAME) -> Path:
+        return self.voice_dir / (name + self.suffix)
+
+
+def save_voice(path: Path, emb: torch.Tensor, sig: str, epoch: int | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"speaker_wavs": emb.contiguous()}, str(path), metadata={"sig": sig, "epoch": str(epoch)}
+    )
+    return path
+
+
+def make_reference_tts_dir(
+    tmp_path: Path, config: dict[str, Any] | None = None, seed: int = 0
+) -> ReferenceTts:
+    import sentencepiece
+
+    config = config or tts_config()
+    lm = make_reference_lm(config, seed)
+    with torch.no_grad():
+        weight = lm.text_linear.weight
+        weight[0] *= 6.0
+        weight[3] *= 6.0
+        weight[3] += 0.4 * weight[0].abs().mean()
+    directory = Path(tmp_path) / "tts"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_hub_safetensors(lm.state_dict(), directory / config["moshi_name"])
+    with torch.no_grad():
+        mimi = build_reference_mimi(seed=seed)
+    save_reference_mimi(mimi, directory / config["mimi_name"])
+    mimi.set_num_codebooks(config["n_q"])
+    tok_path = train_tts_tokenizer(
+        Path(tmp_path) / "tok", vocab_size=TEXT_VOCAB, name=config["tokenizer_name"]
+    )
+    (directory / config["tokenizer_name"]).write_bytes(tok_path.read_bytes())
+    tokenizer = sentencepiece.SentencePieceProcessor()
+    tokenizer.Load(str(directory / config["tokenizer_name"]))
+
+    voice_dir = Path(tmp_path) / "voices"
+    dim = config["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+    gen = torch.Generator().manual_seed(seed + 7)
+    model_id = config["model_id"]
+    ref = ReferenceTts(lm, mimi, tokenizer, directory, voice_dir, config)
+    for name in (VOICE_NAME, OTHER_VOICE_NAME):
+        emb = torch.randn(1, dim, VOICE_FRAMES, generator=gen)
+        save_voice(ref.voice_path(name), emb, model_id["sig"], model_id["epoch"])
+    return ref
+
+
+def reference_model(ref: ReferenceTts, temp: float = 0.0) -> Any:
+    """The reference ``TTSModel`` as ``from_checkpoint_info`` builds it (max 8 / initial 2)."""
+    from moshi.models.tts import StateMachine, TokenIds, TTSModel
+
+    config = ref.config
+    machine = StateMachine(
+        token_ids=TokenIds(ref.lm.text_card + 1),
+        second_stream_ahead=config["tts_config"].get("second_stream_ahead", 0),
+        max_padding=8,
+        initial_padding=2,
+    )
+    return TTSModel(
+        lm=ref.lm,
+        mimi=ref.mimi,
+        tokenizer=ref.tokenizer,
+        voice_suffix=ref.suffix,
+        voice_repo=str(ref.voice_dir),
+        machine=machine,
+        delay_steps=int(config["tts_config"]["audio_delay"] * ref.mimi.frame_rate),
+        n_q=config["n_q"],
+        temp=temp,
+    )
+
+
+@dataclass
+class ReferenceResult:
+    frames: list[torch.Tensor]  # per item [1 + n_q, T]
+    pcm: list[np.ndarray]  # per item, simple_generate's cut
+    transcripts: list[list[tuple[str, int]]]
+    end_steps: list[int | None]
+
+
+@torch.no_grad()
+def reference_synthesize(
+    ref: ReferenceTts,
+    scripts: list[list[str]],
+    voices: list[list[Path]],
+    cfg: float = 2.0,
+    temp: float = 0.0,
+) -> ReferenceResult:
+    """``TTSModel.generate`` on a batch, decoded and cut as ``simple_generate`` does."""
+    model = reference_model(ref, temp)
+    entries = [model.prepare_script(script, padding_between=1) for script in scripts]
+    attributes = [model.make_condition_attributes(list(v), cfg_coef=cfg) for v in voices]
+    result = model.generate(entries, attributes)
+    stacked = torch.cat(result.frames, dim=2)  # [B, 1 + n_q, T]
+    with model.mimi.streaming(len(scripts)):
+        pcms = [
+            torch.clip(model.mimi.decode(frame[:, 1:, :]), -1, 1)
+            for frame in result.frames[model.delay_steps :]
+        ]
+    pcms = pcms[2:]
+    out = [
+        torch.cat([p[i, 0] for p in pcms[: result.end_steps[i]]]).numpy()
+        for i in range(len(scripts))
+    ]
+    return ReferenceResult(
+        [stacked[i] for i in range(len(scripts))],
+        out,
+        result.all_transcripts,
+        result.end_steps,
+    )
