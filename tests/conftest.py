@@ -1,4 +1,7 @@
-"""Test-wide settings: the reference (moshi) must not torch.compile on CPU (slow, not exact)."""
+"""Test-wide settings and the shared tiny checkpoints (built once per session).
+
+The reference (moshi) must not torch.compile on CPU: it is slow there and not exact.
+"""
 
 from __future__ import annotations
 
@@ -7,3 +10,25 @@ import os
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("NO_CUDA_GRAPH", "1")
 os.environ.setdefault("DSM_NO_CUDA_GRAPH", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers.reference_stt import (  # noqa: E402
+    ReferenceStt,
+    make_reference_stt_dir,
+    stt_config,
+)
+
+
+@pytest.fixture(scope="session")
+def ref_stt(tmp_path_factory: pytest.TempPathFactory) -> ReferenceStt:
+    """A tiny STT checkpoint (4 VAD heads) built by the reference; context 12 steps (< 1 s),
+    so every test input runs past the attention window."""
+    return make_reference_stt_dir(tmp_path_factory.mktemp("stt"), stt_config(context=12))
+
+
+@pytest.fixture(scope="session")
+def stt_dir(ref_stt: ReferenceStt) -> Path:
+    return ref_stt.directory

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tests.helpers.hub_layout import save_hub_safetensors
 from tests.helpers.reference_lm import STT_LIKE, make_reference_lm_dir
 from tests.helpers.reference_mimi import build_reference_mimi, save_reference_mimi
 from tests.helpers.tiny_tokenizer import train_tiny_tokenizer
@@ -44,9 +45,20 @@ class ReferenceStt:
 
 
 def make_reference_stt_dir(tmp_path: Path, config: dict[str, Any], seed: int = 0) -> ReferenceStt:
+    """Build and save the checkpoint (see the module docstring)."""
     import sentencepiece
 
     lm, directory = make_reference_lm_dir(tmp_path, config, seed=seed, name="stt")
+    # A random model never predicts padding, so words would only close at the end of a stream.
+    # Swap two frequent text classes with PAD (3) and end-of-padding (0) in the saved weights:
+    # still one deterministic model for dsm and the reference, now with word boundaries.
+    with torch.no_grad():
+        weight = lm.text_linear.weight
+        for special, frequent in ((3, 20), (0, 15)):
+            row = weight[special].clone()
+            weight[special] = weight[frequent]
+            weight[frequent] = row
+    save_hub_safetensors(lm.state_dict(), directory / config.get("moshi_name", "model.safetensors"))
     with torch.no_grad():
         mimi = build_reference_mimi(seed=seed)
     save_reference_mimi(mimi, directory / config["mimi_name"])

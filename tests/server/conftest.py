@@ -18,31 +18,20 @@ import torch
 import dsm
 from dsm.server import RunningServer, ServerConfig, SttModuleConfig, start_server
 from tests.helpers.reference_mimi import speech_like
-from tests.helpers.reference_stt import make_reference_stt_dir, stt_config
 
 T = TypeVar("T")
 KEY = "public_token"
 
 
 @pytest.fixture(scope="session")
-def server_stt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = make_reference_stt_dir(tmp_path_factory.mktemp("server_stt"), stt_config(context=12))
-    return ref.directory
+def server_stt_dir(stt_dir: Path) -> Path:
+    """The shared tiny STT checkpoint (tests/conftest.py), which predicts padding."""
+    return stt_dir
 
 
 @pytest.fixture(scope="session")
 def stt(server_stt_dir: Path) -> dsm.SpeechToText:
-    model = dsm.load_stt(server_stt_dir, device="cpu")
-    # A random model never predicts padding, so words would only come out at the end of a
-    # stream. Swap two frequent text classes with PAD (3) and end-of-padding (0): the same
-    # deterministic model everywhere, now with word boundaries while streaming.
-    weight = model.lm.text_linear.weight
-    with torch.no_grad():
-        for special, frequent in ((3, 20), (0, 15)):
-            row = weight[special].clone()
-            weight[special] = weight[frequent]
-            weight[frequent] = row
-    return model
+    return dsm.load_stt(server_stt_dir, device="cpu")
 
 
 def audio(seconds: float, seed: int) -> np.ndarray:

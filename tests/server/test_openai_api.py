@@ -110,6 +110,18 @@ def test_transcription_errors_and_shared_slots(stt: dsm.SpeechToText, tmp_path: 
             async with http.post(url, data=_form(path), headers=AUTH) as r:
                 assert r.status == 503 and "no free channels" in await r.text()
             await ws.close()
+            # Upstream's one-shot POST on the WebSocket path: JSON array of Word/EndWord.
+            upstream = f"{srv.http_url}/api/asr-streaming"
+            async with http.post(upstream, data=path.read_bytes()) as r:
+                assert r.status == 401
+            async with http.post(
+                upstream, data=path.read_bytes(), headers={"kyutai-api-key": KEY}
+            ) as r:
+                assert r.status == 200
+                messages = await r.json()
+            assert all(m["type"] in ("Word", "EndWord") for m in messages)
+            kinds = [m["type"] for m in messages]
+            assert kinds[::2] == ["Word"] * len(kinds[::2])  # Word, EndWord, Word, ...
             async with http.get(f"{srv.http_url}/v1/models", headers=AUTH) as r:
                 models = await r.json()
             assert models["data"][0]["object"] == "model"

@@ -101,3 +101,33 @@ def test_silent_input_warns(stt: dsm.SpeechToText) -> None:
     result = stt.transcribe(np.zeros(24000, dtype=np.float32), sample_rate=24000)
     assert any("silent" in w for w in result.warnings)
     torch.manual_seed(0)
+
+
+def test_end_of_turn_events(stt: dsm.SpeechToText) -> None:
+    from dsm.stt.session import EndOfTurn, PauseUpdate
+    from dsm.stt.vad import VadOptions
+    from dsm.stt.word_stream import WordStart
+
+    pcm = _audio(2.0, seed=5)
+    # Threshold 0: the turn ends at the first step after each word (a detector that must fire).
+    options = VadOptions(head=1, threshold=0.0, smoothing=0.5)
+    with stt.stream(vad=options) as session:
+        events = session.push(pcm) + session.flush()
+    pauses = [e for e in events if isinstance(e, PauseUpdate)]
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    words = [e for e in events if isinstance(e, WordStart)]
+    assert pauses and all(len(p.probabilities) == 4 for p in pauses)
+    # With threshold 0 the detector fires at the first pause update after each word.
+    expected, armed = [], False
+    for event in events:
+        if isinstance(event, WordStart):
+            armed = True
+        elif isinstance(event, PauseUpdate) and armed:
+            expected.append(event.time)
+            armed = False
+    assert [t.time for t in turns] == expected
+    assert len(turns) <= len(words)
+    offline = stt.transcribe(pcm, sample_rate=24000, vad=options)
+    assert offline.end_of_turns == [t.time for t in turns]
+    with pytest.raises(ValueError, match="head 7"):
+        stt.transcribe(pcm, sample_rate=24000, vad=VadOptions(head=7))

@@ -88,6 +88,18 @@ def _load_stt(config: Any) -> Any:
     return load_stt(config.stt.model, device=config.stt.device, dtype=dtype)
 
 
+def _load_tts(config: Any) -> Any:
+    import torch
+
+    from dsm.tts.model import load_tts
+
+    dtype = getattr(torch, config.tts.dtype) if config.tts.dtype else None
+    kwargs: dict[str, Any] = {"device": config.tts.device, "dtype": dtype}
+    if config.tts.voices:
+        kwargs["voice_repo"] = config.tts.voices
+    return load_tts(config.tts.model, **kwargs)
+
+
 async def _serve(config: Any, stt: Any, tts: Any) -> None:
     from dsm.server import start_server
 
@@ -116,10 +128,6 @@ def run(args: argparse.Namespace) -> int:
     if config.stt.model is None and config.tts.model is None:
         raise DsmError("nothing to serve: give --stt-model and/or --tts-model, or a --config")
     stt = _load_stt(config) if config.stt.model else None
-    tts = None
-    if config.tts.model:
-        raise DsmError(
-            "TTS serving is not available in this version yet; serve STT only (drop --tts-model)"
-        )
+    tts = _load_tts(config) if config.tts.model else None
     asyncio.run(_serve(config, stt, tts))
     return 0

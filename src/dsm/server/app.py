@@ -10,7 +10,8 @@ Routes (server-protocol.md §1.2 plus the OpenAI-compatible API):
 ``GET  /health``               200 when every module is warmed up and its loop alive, else 503
 ``GET  /health/live``          200 while the process serves HTTP
 ``GET  /health/ready``         same as ``/health``
-``POST /v1/audio/transcriptions``, ``GET /v1/models``: OpenAI-compatible HTTP
+``GET  /api/tts_streaming``    TTS WebSocket (Kyutai protocol)
+``POST /v1/audio/transcriptions``, ``POST /v1/audio/speech``, ``GET /v1/models``: OpenAI API
 =============================  =============================================================
 
 Auth: when ``authorized_ids`` is set, WebSocket routes accept the ``kyutai-api-key`` header or
@@ -36,6 +37,7 @@ from dsm.server.config import ServerConfig
 from dsm.server.metrics import CONTENT_TYPE, ServerMetrics
 from dsm.server.module import ModelModule, ModuleUnavailable
 from dsm.server.stt_module import SttModule
+from dsm.server.tts_module import TtsModule
 
 __all__ = ["SERVER_KEY", "DsmServer", "build_app"]
 
@@ -53,7 +55,7 @@ class DsmServer:
         self.metrics = ServerMetrics()
         self.started_at = time.time()
         self.stt: SttModule | None = None
-        self.tts: Any = None
+        self.tts: TtsModule | None = None
         if stt is not None:
             c = config.stt
             self.stt = SttModule(
@@ -62,7 +64,14 @@ class DsmServer:
                 max_pending_messages=c.max_pending_messages,
                 warmup_steps=c.warmup_steps, path=c.path,
             )  # fmt: skip
-        self.tts_model = tts
+        if tts is not None:
+            from dsm.server.tts_module import TtsModule
+
+            t = config.tts
+            self.tts = TtsModule(
+                tts, t.batch_size, self.metrics, voice=t.voice, cfg=t.cfg,
+                temperature=t.temperature, seed=t.seed, path=t.path,
+            )  # fmt: skip
         self.shutting_down = False
 
     @property
@@ -182,7 +191,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def build_app(server: DsmServer) -> web.Application:
     """The aiohttp application for ``server`` (modules start with the app, stop with it)."""
     from dsm.server.openai_api import add_openai_routes
+    from dsm.server.openai_speech import add_speech_route
     from dsm.server.ws_stt import handle_stt_websocket
+    from dsm.server.ws_tts import handle_tts_websocket
 
     max_upload = server.config.stt.max_upload_bytes
     app = web.Application(client_max_size=max_upload, middlewares=[_errors])
@@ -195,7 +206,10 @@ def build_app(server: DsmServer) -> web.Application:
     app.router.add_get("/health/ready", _health)
     if server.stt is not None:
         app.router.add_get(server.config.stt.path, handle_stt_websocket)
+    if server.tts is not None:
+        app.router.add_get(server.config.tts.path, handle_tts_websocket)
     add_openai_routes(app, server)
+    add_speech_route(app)
 
     async def on_startup(app: web.Application) -> None:
         server.start()

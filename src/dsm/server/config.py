@@ -76,8 +76,11 @@ class TtsModuleConfig:
     batch_size: int = 8
     device: str | None = None
     dtype: str | None = None
-    voice: str | None = None
-    voices: str | None = None
+    voice: str | None = None  # default voice (a name of the voice repo, or an embedding file)
+    voices: str | None = None  # voice repo (hub id or directory); default: the checkpoint's
+    cfg: float = 2.0
+    temperature: float = 0.6
+    seed: int | None = None
     idle_timeout_s: float = 30.0
     queue_timeout_s: float = 30.0
     max_message_bytes: int = 4 * 1024 * 1024

@@ -228,6 +228,30 @@ async def _stream(
     return response
 
 
+async def _upstream_post(request: web.Request) -> web.Response:
+    """Upstream's one-shot ``POST /api/asr-streaming``: raw audio file body in, a JSON array of
+    ``Word``/``EndWord`` messages out (server-protocol.md §2.8)."""
+    from dsm.server.app import SERVER_KEY
+
+    server = request.app[SERVER_KEY]
+    server.check_key(request)
+    data = await request.read()
+    if not data:
+        return web.Response(status=400, text="the request body must be an audio file")
+    try:
+        audio = await _decode(data)
+    except Exception as exc:
+        return web.Response(status=400, text=f"could not decode the audio file: {exc}")
+    messages: list[dict[str, Any]] = []
+
+    async def collect(message: dict[str, Any]) -> None:
+        if message["type"] in ("Word", "EndWord"):
+            messages.append(message)
+
+    await transcribe_on_server(server, audio, collect)
+    return web.json_response(messages)
+
+
 async def _models(request: web.Request) -> web.Response:
     from dsm.server.app import SERVER_KEY
 
@@ -242,6 +266,8 @@ async def _models(request: web.Request) -> web.Response:
 
 
 def add_openai_routes(app: web.Application, server: DsmServer) -> None:
-    """Register the OpenAI-compatible routes."""
+    """Register the OpenAI-compatible routes (and upstream's one-shot STT POST)."""
     app.router.add_post("/v1/audio/transcriptions", _transcriptions)
     app.router.add_get("/v1/models", _models)
+    if server.stt is not None:
+        app.router.add_post(server.config.stt.path, _upstream_post)

@@ -105,8 +105,47 @@ def _pcm(value: Any) -> np.ndarray:
     return pcm
 
 
+# The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
+# they write it): a 2-entry map, then the pcm array header.
+_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
+_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
+
+
+def _fast_audio(data: bytes) -> np.ndarray | None:
+    """Decode the common Audio message straight into numpy (no Python float per sample).
+
+    Returns None when the message is anything else; the generic parser handles it.
+    """
+    if not data.startswith(_AUDIO_PREFIX):
+        return None
+    pos = len(_AUDIO_PREFIX)
+    if len(data) <= pos:
+        return None
+    head = data[pos]
+    if head & 0xF0 == 0x90:
+        count, pos = head & 0x0F, pos + 1
+    elif head == 0xDC and len(data) >= pos + 3:
+        count, pos = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
+    elif head == 0xDD and len(data) >= pos + 5:
+        count, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+    else:
+        return None
+    if len(data) - pos != 5 * count:
+        return None
+    items = np.frombuffer(data, dtype=_F32_ITEM, count=count, offset=pos)
+    if not (items["tag"] == 0xCA).all():
+        return None  # float64 or integer samples: the generic path converts them
+    pcm = items["value"].astype(np.float32)
+    if not np.isfinite(pcm).all():
+        raise ProtocolError('"pcm" contains NaN or infinite samples')
+    return pcm
+
+
 def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | None:
     """Parse one binary frame sent to the STT socket (None: a message to ignore)."""
+    fast = _fast_audio(data)
+    if fast is not None:
+        return AudioIn(fast)
     message = _unpack(data)
     kind = message["type"]
     if kind == "Audio":

@@ -25,7 +25,7 @@ import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -377,7 +377,9 @@ class TextToSpeech:
             record_tokens=record_tokens,
         )
 
-    def _batch_conditions(self, rows: list[Conditions]) -> Conditions | None:
+    def batch_conditions(self, rows: list[Conditions]) -> Conditions | None:
+        """Engine template conditions from per-slot rows (conditional rows first, then the
+        null rows with direct CFG); None for a model without conditioners."""
         if not self._conditioners:
             return None
         if rows[0].batch_size == 2:  # direct CFG: conditional rows first, null rows after
@@ -398,6 +400,8 @@ class TextToSpeech:
             return Conditions.cat(cond + null)
         return Conditions.cat(rows)
 
+    _batch_conditions = batch_conditions  # the name used by early callers
+
     @torch.no_grad()
     def _generate(
         self,
@@ -413,7 +417,7 @@ class TextToSpeech:
         B = len(scripts)
         engine = self.make_engine(
             B,
-            self._batch_conditions(rows),
+            self.batch_conditions(rows),
             cfg=cfg,
             temperature=temperature,
             seed=seed,
@@ -442,6 +446,28 @@ class TextToSpeech:
             results.append(Speech(audio, SAMPLE_RATE, words[b], tokens, truncated[b]))
         return results
 
+    @overload
+    def synthesize(  # type: ignore[overload-overlap]
+        self,
+        text: str,
+        *,
+        voice: Voice | None = None,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+    ) -> Speech: ...
+
+    @overload
+    def synthesize(
+        self,
+        text: Sequence[str],
+        *,
+        voice: Voice | Sequence[Voice] | None = None,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+    ) -> list[Speech]: ...
+
     def synthesize(
         self,
         text: str | Sequence[str],
@@ -450,7 +476,7 @@ class TextToSpeech:
         cfg: float = 2.0,
         temperature: float = 0.6,
         seed: int | None = None,
-    ) -> Any:
+    ) -> Speech | list[Speech]:
         """Speak ``text`` (a :class:`Speech`), or each text of a list as one batch (a list).
 
         Args:

@@ -57,9 +57,7 @@ class TtsSession:
         seed: int | None = None,
     ) -> None:
         self.tts = tts
-        conditions = tts.conditions([voice], cfg) if tts.multi_speaker else None
-        if conditions is None and tts.cfg_values:
-            conditions = tts.conditions([], cfg)
+        conditions = tts.batch_conditions([tts.conditions([voice], cfg)])
         self.engine = tts.make_engine(1, conditions, cfg=cfg, temperature=temperature, seed=seed)
         self.engine.start()
         self.engine.start_slot(0)

@@ -1,0 +1,177 @@
+"""TTS over the WebSocket and ``/v1/audio/speech`` equals ``synthesize`` (greedy decoding)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import wave
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import msgpack
+import numpy as np
+import pytest
+
+from dsm.server import RunningServer, ServerConfig, SttModuleConfig, TtsModuleConfig, start_server
+from tests.helpers.reference_tts import ReferenceTts, make_reference_tts_dir
+from tests.server.conftest import KEY, pack, receive, run
+
+TEXT = "Hello world, the fox jumps."
+
+
+@pytest.fixture(scope="module")
+def ref_tts(tmp_path_factory: pytest.TempPathFactory) -> ReferenceTts:
+    return make_reference_tts_dir(tmp_path_factory.mktemp("server_tts"))
+
+
+@pytest.fixture(scope="module")
+def tts(ref_tts: ReferenceTts) -> Any:
+    from dsm.tts.model import load_tts
+
+    return load_tts(ref_tts.directory, voice_repo=ref_tts.voice_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def voice(ref_tts: ReferenceTts) -> str:
+    return str(ref_tts.voice_path())
+
+
+@pytest.fixture(scope="module")
+def whole(tts: Any, voice: str) -> Any:
+    return tts.synthesize(TEXT, voice=voice, temperature=0.0)
+
+
+@asynccontextmanager
+async def serving_tts(tts: Any, voice: str, **options: Any) -> AsyncIterator[RunningServer]:
+    tts_cfg = dataclasses.replace(
+        TtsModuleConfig(batch_size=2, temperature=0.0, voice=voice), **options
+    )
+    config = ServerConfig(
+        host="127.0.0.1", port=0, authorized_ids=[KEY], stt=SttModuleConfig(), tts=tts_cfg
+    )
+    running = await start_server(config, tts=tts)
+    try:
+        yield running
+    finally:
+        await running.stop(0.0)
+
+
+async def _speak(http: aiohttp.ClientSession, url: str, words: list[str]) -> list[dict]:
+    async with http.ws_connect(url, headers={"kyutai-api-key": KEY}) as ws:
+        assert await receive(ws) == {"type": "Ready"}
+        for word in words:  # as the DSM client: one Text per word, unpaced, then Eos
+            await ws.send_bytes(pack({"type": "Text", "text": word}))
+        await ws.send_bytes(pack({"type": "Eos"}))
+        out = []
+        async for msg in ws:
+            assert msg.type == aiohttp.WSMsgType.BINARY
+            out.append(msgpack.unpackb(msg.data))
+        assert ws.closed  # the server closes after the last frame
+        return out
+
+
+def test_ws_equals_synthesize_and_concurrent_sessions(tts: Any, voice: str, whole: Any) -> None:
+    async def body() -> tuple[list[dict], list[dict], list[dict]]:
+        async with serving_tts(tts, voice) as srv, aiohttp.ClientSession() as http:
+            url = f"{srv.ws_url}/api/tts_streaming?format=PcmMessagePack&cfg_alpha=1.5"
+            a, b = await asyncio.gather(
+                _speak(http, url, TEXT.split()), _speak(http, url, ["Short", "one."])
+            )
+            # Capacity: both slots busy -> Error then close.
+            async with (
+                http.ws_connect(url, headers={"kyutai-api-key": KEY}) as x,
+                http.ws_connect(url, headers={"kyutai-api-key": KEY}) as y,
+                http.ws_connect(url, headers={"kyutai-api-key": KEY}) as z,
+            ):
+                replies = [await receive(w) for w in (x, y, z)]
+            return a, b, replies
+
+    a, b, replies = run(body, timeout=120)
+    audio = [m for m in a if m["type"] == "Audio"]
+    assert audio and all(len(m["pcm"]) == 1920 for m in audio)
+    assert {m["type"] for m in a} <= {"Audio", "Text"}
+    pcm = np.concatenate([np.asarray(m["pcm"], dtype=np.float32) for m in audio])
+    np.testing.assert_allclose(pcm, whole.pcm, atol=1e-5)
+    texts = [(m["text"], m["start_s"], m["stop_s"]) for m in a if m["type"] == "Text"]
+    assert [t[0] for t in texts] == [w.text for w in whole.words]
+    for (_, start, stop), w in zip(texts, whole.words, strict=True):
+        assert start == pytest.approx(w.start) and stop == pytest.approx(w.end)
+    assert any(m["type"] == "Audio" for m in b)
+    assert sorted(r["type"] for r in replies) == ["Error", "Ready", "Ready"]
+    assert {"type": "Error", "message": "no free channels"} in replies
+
+
+def test_unknown_voice_errors_and_eos_first(tts: Any, voice: str) -> None:
+    async def body() -> None:
+        async with serving_tts(tts, voice) as srv, aiohttp.ClientSession() as http:
+            base = f"{srv.ws_url}/api/tts_streaming"
+            async with http.ws_connect(
+                f"{base}?voice=nobody", headers={"kyutai-api-key": KEY}
+            ) as ws:
+                assert await receive(ws) == {"type": "Ready"}
+                await ws.send_bytes(pack({"type": "Text", "text": "Hi"}))
+                reply = await receive(ws)
+                assert reply["type"] == "Error" and "nobody" in reply["message"]
+            async with http.ws_connect(base, headers={"kyutai-api-key": KEY}) as ws:
+                assert await receive(ws) == {"type": "Ready"}
+                await ws.send_bytes(pack({"type": "Eos"}))
+                msg = await ws.receive(timeout=10)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            async with http.get(f"{srv.http_url}/api/modules_info") as r:
+                (info,) = await r.json()
+            assert info["type"] == "py"
+            # format=Pcm: raw float32 frames only, then the close.
+            async with http.ws_connect(f"{base}?format=Pcm&auth_id={KEY}") as ws:
+                await ws.send_bytes(pack({"type": "Text", "text": "Hi."}))
+                await ws.send_bytes(b"\0")  # legacy end of stream
+                frames = [m.data async for m in ws if m.type == aiohttp.WSMsgType.BINARY]
+            assert frames and all(len(f) == 1920 * 4 for f in frames)
+            with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                await http.ws_connect(f"{base}?format=OggOpus", headers={"kyutai-api-key": KEY})
+            assert exc.value.status == 400
+
+    run(body, timeout=60)
+
+
+def test_openai_speech_wav_equals_synthesize(tts: Any, voice: str, whole: Any) -> None:
+    async def body() -> tuple[int, bytes, int, int]:
+        async with serving_tts(tts, voice) as srv, aiohttp.ClientSession() as http:
+            url = f"{srv.http_url}/v1/audio/speech"
+            auth = {"Authorization": f"Bearer {KEY}"}
+            payload = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "wav"}
+            async with http.post(url, json=payload, headers=auth) as r:
+                status, data = r.status, await r.read()
+            async with http.post(url, json={**payload, "voice": "nobody"}, headers=auth) as r:
+                bad_voice = r.status
+            async with http.post(
+                url, json={**payload, "response_format": "mp3"}, headers=auth
+            ) as r:
+                bad_format = r.status
+            return status, data, bad_voice, bad_format
+
+    status, data, bad_voice, bad_format = run(body, timeout=120)
+    assert status == 200 and bad_voice == 400 and bad_format == 400
+    with wave.open(io.BytesIO(data[:44] + data[44:]), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+    pcm = np.frombuffer(data[44:], dtype="<i2").astype(np.float32) / 32767
+    expected = np.clip(whole.pcm, -1, 1)
+    assert pcm.shape == expected.shape
+    assert np.abs(pcm - expected).max() < 2e-4
+
+
+def test_client_tts_writes_the_audio(tts: Any, voice: str, whole: Any, tmp_path: Any) -> None:
+    from dsm.cli import main
+
+    out = tmp_path / "out.wav"
+
+    async def body() -> int:
+        async with serving_tts(tts, voice) as srv:
+            args = ["client", "tts", TEXT, "-o", str(out), "--url", srv.ws_url, "--api-key", KEY]
+            return await asyncio.get_running_loop().run_in_executor(None, main, args)
+
+    assert run(body, timeout=60) == 0
+    with wave.open(str(out), "rb") as w:
+        assert w.getnframes() == whole.pcm.shape[0]
