@@ -116,7 +116,7 @@ def main() -> None:
         del ref_lm, ref_mimi, lm, codec
     print(f"\nSTT step (Mimi encode + LM, stt-1b shape, {args.layers} layers, "
           f"{torch.get_num_threads()} threads), median of {args.steps} steps")  # fmt: skip
-    print(f"| dtype | batch | reference ms | dsm ms | reference RTF | dsm RTF | speed-up |")
+    print("| dtype | batch | reference ms | dsm ms | reference RTF | dsm RTF | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for dtype_name, B, ref, ours in rows:
         print(

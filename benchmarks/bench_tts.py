@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--layers", type=int, default=2, help="main transformer layers")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--reps", type=int, default=1, help="runs per side (best kept)")
+    parser.add_argument("--reps", type=int, default=2, help="timed runs per side (best kept)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side first")
     parser.add_argument("--text", default=TEXT, help="what to say")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,7 +165,8 @@ def main() -> None:
         setup = Setup(args.layers, Path(tmp), args.text)
         print(
             f"tts-1.6b-en_fr shape, main layers {args.layers} (x16: extrapolated to 16), "
-            f"CPU threads {args.threads}, float32, temp 0.6, cfg 2.0, best of {args.reps}"
+            f"CPU threads {args.threads}, float32, temp 0.6, cfg 2.0, best of {args.reps} "
+            f"after {args.warmup} warm-up run(s) per side"
         )
         header = (
             f"{'B':>2} | {'first audio s':>22} {'x16':>22} | {'RTF':>20} {'x16':>20}\n"
@@ -175,6 +177,9 @@ def main() -> None:
         print("-" * 96)
         for B in args.batch:
             refs, dsms = [], []
+            for _ in range(args.warmup):
+                setup.run_reference(B)
+                setup.run_dsm(B)
             for _ in range(args.reps):
                 refs.append(setup.run_reference(B))
                 dsms.append(setup.run_dsm(B))

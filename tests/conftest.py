@@ -11,11 +11,11 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("NO_CUDA_GRAPH", "1")
 os.environ.setdefault("DSM_NO_CUDA_GRAPH", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.helpers.reference_stt import (  # noqa: E402
+from tests.helpers.reference_stt import (
     ReferenceStt,
     make_reference_stt_dir,
     stt_config,

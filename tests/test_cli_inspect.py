@@ -30,7 +30,9 @@ def _make_dir(tmp_path: Path) -> Path:
         },
         str(ckpt / "model.safetensors"),
     )
-    save_file({"encoder.model.0.conv.conv.weight": torch.zeros(4, 1, 7)}, str(ckpt / cfg["mimi_name"]))
+    save_file(
+        {"encoder.model.0.conv.conv.weight": torch.zeros(4, 1, 7)}, str(ckpt / cfg["mimi_name"])
+    )
     (ckpt / cfg["tokenizer_name"]).write_bytes(b"spm")
     return ckpt
 

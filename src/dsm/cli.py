@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available sub-command."""
     parser = argparse.ArgumentParser(
         prog="dsm",
-        description="Delayed Streams Modeling: Kyutai's streaming speech-to-text and text-to-speech.",
+        description="Delayed Streams Modeling: Kyutai's streaming speech-to-text and "
+        "text-to-speech.",
     )
     parser.add_argument("--version", action="version", version=f"dsm {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

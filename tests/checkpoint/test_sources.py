@@ -73,7 +73,9 @@ def test_local_directory(tmp_path: Path) -> None:
     assert ckpt.tokenizer_file().name == "tokenizer_en_audio_4000.model"
     assert resolve_mimi_file(ckpt_dir) == ckpt.mimi_file()
     (ckpt_dir / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors.*not found in checkpoint directory"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors.*not found in checkpoint directory"
+    ):
         open_checkpoint(ckpt_dir).lm_file()
 
 
@@ -115,7 +117,7 @@ def test_hub_missing_file_in_cached_repo(tmp_path: Path, offline_cache: Path) ->
     files.pop("model.safetensors")
     put_in_hub_cache(offline_cache, REPO, files)
     ckpt = open_checkpoint(REPO)
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         ckpt.lm_file()
 
 

@@ -9,7 +9,7 @@ FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def put_in_hub_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes | str]) -> Path:
-    """Place ``files`` in ``cache`` as the ``main`` snapshot of ``repo_id``; returns the snapshot."""
+    """Place ``files`` in ``cache`` as the ``main`` snapshot of ``repo_id`` (returned)."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo_dir / "snapshots" / FAKE_COMMIT
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ class _PromptOracle:
     def on_logits(self, logits: torch.Tensor) -> None:
         if self.left:
             keep = torch.zeros_like(logits, dtype=torch.bool)
-            keep[..., list(self.padding) + [self.left[0]]] = True
+            keep[..., [*self.padding, self.left[0]]] = True
             logits[:] = torch.where(keep, logits, float("-inf"))
 
     def on_token(self, token: torch.Tensor) -> None:

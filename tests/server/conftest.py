@@ -13,7 +13,6 @@ import aiohttp
 import msgpack
 import numpy as np
 import pytest
-import torch
 
 import dsm
 from dsm.server import RunningServer, ServerConfig, SttModuleConfig, start_server

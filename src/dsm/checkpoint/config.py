@@ -234,7 +234,9 @@ def _bool(key: str, value: Any) -> bool:
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(f"config key {key!r} is {value!r}; supported values: {', '.join(choices)}")
+        raise ConfigError(
+            f"config key {key!r} is {value!r}; supported values: {', '.join(choices)}"
+        )
     return str(value)
 
 
@@ -258,7 +260,8 @@ def _check_known(section: str, data: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in {section}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            f"unknown key(s) in {section}: {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
         )
 
 
@@ -278,7 +281,9 @@ def _parse_conditioners(value: Any) -> tuple[ConditionerConfig, ...]:
             _check_known(where, inner, {"dim"})
             out.append(ConditionerConfig(name, "tensor", _int(f"{where}.dim", inner.get("dim"))))
         else:
-            _check_known(where, inner, {"n_bins", "dim", "tokenizer", "possible_values", "init_scale"})
+            _check_known(
+                where, inner, {"n_bins", "dim", "tokenizer", "possible_values", "init_scale"}
+            )
             tokenizer = inner.get("tokenizer", "noop")
             if tokenizer != "noop":
                 raise ConfigError(f"{where}.tokenizer is {tokenizer!r}; only 'noop' is supported")
@@ -321,7 +326,9 @@ def _parse_fuser(value: Any, conditioners: tuple[ConditionerConfig, ...] | None)
     for method in ("sum", "cross"):
         for name in getattr(fuser, method):
             if name not in names:
-                raise ConfigError(f"fuser.{method} names condition {name!r}, absent from conditioners")
+                raise ConfigError(
+                    f"fuser.{method} names condition {name!r}, absent from conditioners"
+                )
     return fuser
 
 
@@ -365,9 +372,15 @@ def _parse_lm(data: dict[str, Any]) -> LMConfig:
             else:
                 kw[key] = _opt_int(key, value)
         elif key in ("norm", "depformer_norm"):
-            kw[key] = None if value is None and key == "depformer_norm" else _choice(key, value, NORMS)
+            kw[key] = (
+                None if value is None and key == "depformer_norm" else _choice(key, value, NORMS)
+            )
         elif key in ("gating", "depformer_gating"):
-            kw[key] = None if value is None and key == "depformer_gating" else _choice(key, value, GATINGS)
+            kw[key] = (
+                None
+                if value is None and key == "depformer_gating"
+                else _choice(key, value, GATINGS)
+            )
         elif key in ("positional_embedding", "depformer_pos_emb"):
             kw[key] = _choice(key, value, POSITIONAL_EMBEDDINGS)
         elif key == "conditioners":
@@ -413,7 +426,8 @@ def _validate_lm(lm: LMConfig, data: dict[str, Any]) -> None:
         heads = lm.depformer_num_heads or lm.num_heads
         if lm.depformer_dim % heads:
             raise ConfigError(
-                f"depformer_dim ({lm.depformer_dim}) must be a multiple of depformer_num_heads ({heads})"
+                f"depformer_dim ({lm.depformer_dim}) must be a multiple of "
+                f"depformer_num_heads ({heads})"
             )
     if lm.cross_attention and (lm.fuser is None or not lm.fuser.cross):
         raise ConfigError("cross_attention is true but the fuser has no 'cross' condition")
@@ -425,7 +439,8 @@ def _validate_lm(lm: LMConfig, data: dict[str, Any]) -> None:
         raise ConfigError(f"kv_repeat ({lm.kv_repeat}) must divide num_heads ({lm.num_heads})")
     if lm.existing_text_padding_id >= lm.text_card:
         raise ConfigError(
-            f"existing_text_padding_id ({lm.existing_text_padding_id}) must be < text_card ({lm.text_card})"
+            f"existing_text_padding_id ({lm.existing_text_padding_id}) must be < "
+            f"text_card ({lm.text_card})"
         )
 
 
@@ -461,7 +476,9 @@ def parse_config(raw: dict[str, Any]) -> CheckpointConfig:
             ),
         )
     tts_raw = _sub_dict("tts_config", data.pop("tts_config", None))
-    _check_known("tts_config", tts_raw, {"audio_delay", "second_stream_ahead", "multistream", "max_speakers"})
+    _check_known(
+        "tts_config", tts_raw, {"audio_delay", "second_stream_ahead", "multistream", "max_speakers"}
+    )
     tts = None
     if tts_raw or model_type == "tts":
         tts = TTSConfig(

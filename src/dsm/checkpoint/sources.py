@@ -33,7 +33,10 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 # The published Mimi weights, used when a Mimi source is a hub repo or directory without config.
-MIMI_FILE_NAMES = ("mimi-pytorch-e351c8d8@125.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors")
+MIMI_FILE_NAMES = (
+    "mimi-pytorch-e351c8d8@125.safetensors",
+    "tokenizer-e351c8d8-checkpoint125.safetensors",
+)
 
 _LOCAL_HELP = (
     "To use a local checkpoint, pass a directory that holds config.json and the files it names "
@@ -115,7 +118,7 @@ def hub_download(location: HubLocation, *, local_files_only: bool | None = None)
             revision=location.revision,
             local_files_only=offline,
         )
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean "not found"
+    except Exception as exc:
         raise CheckpointError(_hub_failure_message(location, exc, offline)) from exc
     return Path(str(path))
 
@@ -276,7 +279,9 @@ def resolve_mimi_file(
     if isinstance(target, HubLocation) and target.filename is not None:
         return hub_download(target, local_files_only=local_files_only)
     base: Path | HubLocation = (
-        target if isinstance(target, Path) else HubLocation(target.repo_id, revision or target.revision)
+        target
+        if isinstance(target, Path)
+        else HubLocation(target.repo_id, revision or target.revision)
     )
     try:
         config_path = resolve_file(CONFIG_NAME, base=base, local_files_only=local_files_only)

@@ -24,7 +24,7 @@ def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
                 out[key] = (tuple(tensor_slice.get_shape()), str(tensor_slice.get_dtype()))
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+    except Exception as exc:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({exc}); re-download it"
         ) from exc

@@ -20,6 +20,7 @@ from dsm.checkpoint import CheckpointConfig, open_checkpoint
 from dsm.errors import CheckpointError, DsmError
 from dsm.mimi import FRAME_SIZE, MimiCodec
 from dsm.models.lm import LMModel
+from dsm.runtime import default_device
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.jobs import TranscriptionJob
@@ -31,13 +32,6 @@ __all__ = ["AudioInput", "SpeechToText", "load_stt"]
 
 DEFAULT_STT = "kyutai/stt-1b-en_fr"
 AudioInput = str | Path | np.ndarray | torch.Tensor
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_stt(

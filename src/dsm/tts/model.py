@@ -35,6 +35,7 @@ from dsm.errors import CheckpointError, DsmError
 from dsm.mimi import FRAME_RATE, SAMPLE_RATE, MimiCodec
 from dsm.models.conditioners import Conditions, LUTConditioner, TensorConditioner
 from dsm.models.lm import LMModel
+from dsm.runtime import default_device
 from dsm.stt.words import Word
 from dsm.tokenizer import TextTokenizer
 from dsm.tts.engine import TtsEngine
@@ -105,12 +106,6 @@ class Speech:
         return {"duration": round(self.duration, 3), "words": [w.to_dict() for w in self.words]}
 
 
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_tts(
     source: str | Path = DEFAULT_TTS,
     *,
@@ -151,7 +146,7 @@ def load_tts(
             f"{source} is a {cfg.model_type!r} checkpoint without tts_config/depformer, not "
             f"text-to-speech; use a TTS checkpoint such as {DEFAULT_TTS}"
         )
-    dev = _default_device(device)
+    dev = default_device(device)
     lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype)
     codec = load_mimi(ckpt.mimi_file(), device=dev)
     text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
