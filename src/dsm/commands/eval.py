@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from dsm.commands.transcribe import add_model_arguments, load_from_args
+from dsm.commands.model_args import add_model_arguments
+from dsm.commands.transcribe import load_from_args
 
 __all__ = ["add_parser", "run"]
 

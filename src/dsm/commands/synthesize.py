@@ -7,14 +7,14 @@ import json
 import sys
 from typing import Any
 
-from dsm.errors import CheckpointError, DsmError
+from dsm.commands.model_args import add_model_arguments, load_model
+from dsm.errors import DsmError
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``synthesize`` on the CLI."""
-    from dsm.commands.transcribe import add_model_arguments
     from dsm.tts.model import DEFAULT_TTS
     from dsm.tts.voices import DEFAULT_VOICE, DEFAULT_VOICE_REPO
 
@@ -48,34 +48,13 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return getattr(torch, name)
-
-
 def load_from_args(args: argparse.Namespace) -> Any:
+    """``load_tts`` with the model options; a missing checkpoint says how to use a local one."""
     from dsm.tts.model import load_tts
 
-    try:
-        return load_tts(
-            args.model,
-            voice_repo=args.voice_repo,
-            device=args.device,
-            dtype=_dtype(args.dtype),
-            n_q=args.n_q,
-            revision=args.revision,
-            config=args.config,
-            lm_weights=args.lm_weights,
-            mimi_weights=args.mimi_weights,
-            tokenizer=args.tokenizer,
-        )
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"{exc}\nWith a local copy of the checkpoint, run: dsm synthesize --model DIR TEXT"
-        ) from None
+    return load_model(
+        load_tts, args, "dsm synthesize --model DIR TEXT", voice_repo=args.voice_repo, n_q=args.n_q
+    )
 
 
 def _write_words(path: str | None, words: list[Any]) -> None:

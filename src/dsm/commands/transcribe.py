@@ -8,33 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsm.errors import CheckpointError, DsmError
+from dsm.commands.model_args import add_model_arguments, load_model
+from dsm.errors import DsmError
 
-__all__ = ["add_model_arguments", "add_parser", "run"]
+__all__ = ["add_parser", "load_from_args", "run"]
 
 FORMATS = ("txt", "json", "srt", "vtt")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    """Options shared by commands that load a checkpoint."""
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default=default,
-        help=f"hub repo id (owner/name[@rev]) or local checkpoint directory (default: {default})",
-    )
-    group.add_argument("--revision", default=None, help="hub revision of --model")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if any)")
-    group.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)",
-    )
-    group.add_argument("--config", default=None, help="use this config.json instead")
-    group.add_argument("--lm-weights", default=None, help="use this LM .safetensors instead")
-    group.add_argument("--mimi-weights", default=None, help="use this Mimi .safetensors instead")
-    group.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -68,33 +47,11 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return getattr(torch, name)
-
-
 def load_from_args(args: argparse.Namespace) -> Any:
     """``load_stt`` with the model options; a missing checkpoint says how to use a local one."""
     from dsm.stt.model import load_stt
 
-    try:
-        return load_stt(
-            args.model,
-            device=args.device,
-            dtype=_dtype(args.dtype),
-            revision=args.revision,
-            config=args.config,
-            lm_weights=args.lm_weights,
-            mimi_weights=args.mimi_weights,
-            tokenizer=args.tokenizer,
-        )
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"{exc}\nWith a local copy of the checkpoint, run: dsm transcribe --model DIR FILE..."
-        ) from None
+    return load_model(load_stt, args, "dsm transcribe --model DIR FILE...")
 
 
 def _render(result: Any, fmt: str, vad: bool) -> str:

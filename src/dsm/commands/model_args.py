@@ -1,0 +1,59 @@
+"""Model options shared by the commands that load a checkpoint, and loading with a hint."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from dsm.errors import CheckpointError
+
+__all__ = ["add_model_arguments", "load_model"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--model`` and the options that replace single files, device and dtype."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=default,
+        help=f"hub repo id (owner/name[@rev]) or local checkpoint directory (default: {default})",
+    )
+    group.add_argument("--revision", default=None, help="hub revision of --model")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if any)")
+    group.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    group.add_argument("--config", default=None, help="use this config.json instead")
+    group.add_argument("--lm-weights", default=None, help="use this LM .safetensors instead")
+    group.add_argument("--mimi-weights", default=None, help="use this Mimi .safetensors instead")
+    group.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead")
+
+
+def load_model(
+    loader: Callable[..., Any], args: argparse.Namespace, usage: str, **extra: Any
+) -> Any:
+    """``loader(args.model, ...)`` with the model options; a missing checkpoint error ends
+    with how to run ``usage`` on a local copy."""
+    dtype = None
+    if args.dtype is not None:
+        import torch
+
+        dtype = getattr(torch, args.dtype)
+    try:
+        return loader(
+            args.model,
+            device=args.device,
+            dtype=dtype,
+            revision=args.revision,
+            config=args.config,
+            lm_weights=args.lm_weights,
+            mimi_weights=args.mimi_weights,
+            tokenizer=args.tokenizer,
+            **extra,
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}\nWith a local copy of the checkpoint, run: {usage}") from None
