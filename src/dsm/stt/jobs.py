@@ -7,6 +7,7 @@ turns the slot's text tokens into words, collects pause probabilities, and build
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
 import numpy as np
@@ -68,7 +69,8 @@ class TranscriptionJob:
         self.step = 0  # the slot's next step
         self.fed_all = False
         self.done = False
-        self.tokens: list[int] = []  # text tokens of steps 1.. (step 0 saw no audio)
+        # Compact per-step buffers: an hour of audio is 45,000 steps.
+        self.tokens = array("i")  # text tokens of steps 1.. (step 0 saw no audio)
         # Reference prompt script: drop the prompt's frames plus the delay and prefix.
         self.cut_tokens = 0
         if plan.prompt_frames and cut_prompt:
@@ -82,8 +84,9 @@ class TranscriptionJob:
             offset_seconds=plan.word_offset_seconds,
             padding_id=padding_id,
         )
-        self.pause_rows: list[list[float]] = []
-        self.pause_times: list[float] = []
+        self.pause_rows = array("f")  # [steps * n_heads], row-major
+        self.pause_times = array("f")
+        self.pause_heads = 0
         self.end_of_turns: list[float] = []
         self.detector: EndOfTurnDetector | None = None
         if vad is not None and vad_heads > 0:
@@ -112,8 +115,9 @@ class TranscriptionJob:
                     self.detector.on_word()
             if pause is not None:
                 heard = max(0.0, step / FRAME_RATE - self.plan.input_offset_seconds)
-                self.pause_rows.append(pause)
+                self.pause_rows.extend(pause)
                 self.pause_times.append(heard)
+                self.pause_heads = len(pause)
                 if self.detector is not None and self.detector.update(pause):
                     self.end_of_turns.append(heard)
         if self.fed_all:
@@ -131,8 +135,9 @@ class TranscriptionJob:
             source=self.source,
         )
         if self.pause_rows:
-            transcript.pause = np.asarray(self.pause_rows, dtype=np.float32)
-            transcript.pause_times = np.asarray(self.pause_times, dtype=np.float32)
+            rows = np.frombuffer(self.pause_rows, dtype=np.float32)
+            transcript.pause = rows.reshape(-1, self.pause_heads).copy()
+            transcript.pause_times = np.frombuffer(self.pause_times, dtype=np.float32).copy()
             transcript.end_of_turns = list(self.end_of_turns)
         if self._audio.samples == 0:
             transcript.warnings.append("the input has no audio samples")
