@@ -11,6 +11,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("NO_CUDA_GRAPH", "1")
 os.environ.setdefault("DSM_NO_CUDA_GRAPH", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,20 @@ def ref_stt(tmp_path_factory: pytest.TempPathFactory) -> ReferenceStt:
 @pytest.fixture(scope="session")
 def stt_dir(ref_stt: ReferenceStt) -> Path:
     return ref_stt.directory
+
+
+@pytest.fixture(params=["mkl", "onednn"])
+def cpu_matmul(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test under each float32 CPU matmul kernel of :mod:`dsm.nn.linear`.
+
+    The default ``auto`` policy only sends weights of 2M+ elements to oneDNN, which the tiny
+    test models never reach; ``onednn`` sends every projection there, so the parity tests that
+    use this fixture also cover the kernel that the real checkpoints run on.
+    """
+    from dsm.nn.linear import set_cpu_matmul_mode
+
+    previous = set_cpu_matmul_mode(request.param)
+    try:
+        yield request.param
+    finally:
+        set_cpu_matmul_mode(previous)

@@ -202,7 +202,7 @@ def test_slot_sampler_equals_reference_with_same_noise(temp: float, top_k: int) 
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_staggered_slots_match_fresh_reference_runs(config: str) -> None:
+def test_staggered_slots_match_fresh_reference_runs(config: str, cpu_matmul: str) -> None:
     """B=3 slots started (reset) at different steps each equal their own fresh reference run,
     over STEPS steps past the attention window; slots also run other inputs (and conditions)
     before their start."""

@@ -148,7 +148,7 @@ def test_tiny_matches_upstream_assets() -> None:
     assert text_err < 1e-5 and audio_err < 1e-5
 
 
-def test_tiny_random_matches_reference(tiny: Pair) -> None:
+def test_tiny_random_matches_reference(tiny: Pair, cpu_matmul: str) -> None:
     codes = _codes(tiny.lm, 2, 9, seed=0)
     with _no_compile():
         ref = tiny.ref(codes)
@@ -156,11 +156,11 @@ def test_tiny_random_matches_reference(tiny: Pair) -> None:
     assert out.audio_logits is not None and out.audio_mask is not None
     assert torch.equal(out.text_mask, ref.text_mask) and torch.equal(out.audio_mask, ref.mask)
     text_err, audio_err = _rel(out.text_logits, ref.text_logits), _rel(out.audio_logits, ref.logits)
-    print(f"tiny random: text {text_err:.2e}, audio {audio_err:.2e}")
+    print(f"tiny random [{cpu_matmul}]: text {text_err:.2e}, audio {audio_err:.2e}")
     assert text_err < PARITY_RTOL and audio_err < PARITY_RTOL
 
 
-def test_stt_like_matches_reference(stt: Pair) -> None:
+def test_stt_like_matches_reference(stt: Pair, cpu_matmul: str) -> None:
     """dep_q = 0: the reference's forward() fails, so compare its forward_text (one-step shift)."""
     lm = stt.lm
     B, T = 2, 13
@@ -177,11 +177,11 @@ def test_stt_like_matches_reference(stt: Pair) -> None:
     probs = lm.extra_heads_probs(ours_hidden)
     assert probs.shape == (B, T, 4, 6)
     probs_err = _rel(probs, torch.stack(ref_probs, dim=2))
-    print(f"stt-like: text {text_err:.2e}, extra heads {probs_err:.2e}")
+    print(f"stt-like [{cpu_matmul}]: text {text_err:.2e}, extra heads {probs_err:.2e}")
     assert text_err < PARITY_RTOL and probs_err < PARITY_RTOL
 
 
-def test_tts_like_matches_reference_with_conditions(tts: Pair) -> None:
+def test_tts_like_matches_reference_with_conditions(tts: Pair, cpu_matmul: str) -> None:
     lm, B, T = tts.lm, 3, 10
     codes = _codes(lm, B, T, seed=2, demux=True)
     text, tensors = _tts_inputs(B)
@@ -198,7 +198,7 @@ def test_tts_like_matches_reference_with_conditions(tts: Pair) -> None:
     assert torch.equal(out.text_mask, ref.text_mask) and torch.equal(out.audio_mask, ref.mask)
     text_err, audio_err = _rel(out.text_logits, ref.text_logits), _rel(out.audio_logits, ref.logits)
     print(
-        f"tts-like: sum {sum_err:.2e}, cross {cross_err:.2e}, text {text_err:.2e}, "
+        f"tts-like [{cpu_matmul}]: sum {sum_err:.2e}, cross {cross_err:.2e}, text {text_err:.2e}, "
         f"audio {audio_err:.2e}"
     )
     for err in (sum_err, cross_err, text_err, audio_err):

@@ -219,16 +219,27 @@ def test_streaming_steps_match_reference_past_context(style: str) -> None:
 
 @needs_moshi
 @pytest.mark.parametrize("chunk", [1, 2])
-def test_bf16_streaming_is_bit_exact(chunk: int) -> None:
+def test_bf16_streaming_as_precise_as_reference(chunk: int) -> None:
+    """bfloat16 streaming on CPU computes few-query attention with float32 scores instead of
+    PyTorch's flash kernel (:func:`dsm.nn.attention.attend`): not bit-identical to the reference,
+    but as close to the float32 result as the reference's own bfloat16 run."""
     ref, mine = make_pair(**LM_STYLE, context=CONTEXT, cross_attention=True)
+    x = torch.randn(2, 3 * CONTEXT, D)
+    src = torch.randn(2, 5, D)
+    truth = ref_stream(ref, x, chunk, cross_attention_src=src)
     ref.bfloat16()
     mine.bfloat16()
-    x = torch.randn(2, 3 * CONTEXT, D).bfloat16()
-    src = torch.randn(2, 5, D).bfloat16()
-    expected = ref_stream(ref, x, chunk, cross_attention_src=src)
-    actual = dsm_stream(mine, x, chunk, cross_src=src)
-    assert_close(f"bf16 streaming T={chunk}", actual.float(), expected.float())
-    assert torch.equal(actual, expected)
+    expected = ref_stream(ref, x.bfloat16(), chunk, cross_attention_src=src.bfloat16())
+    actual = dsm_stream(mine, x.bfloat16(), chunk, cross_src=src.bfloat16())
+    scale = truth.abs().max()
+    ref_err = ((expected.float() - truth).abs().max() / scale).item()
+    our_err = ((actual.float() - truth).abs().max() / scale).item()
+    between = ((actual.float() - expected.float()).abs().max() / scale).item()
+    print(
+        f"bf16 streaming T={chunk}: vs float32, reference {ref_err:.2e}, dsm {our_err:.2e}; "
+        f"dsm vs reference {between:.2e}"
+    )
+    assert our_err <= 1.5 * ref_err + 1e-3
 
 
 @needs_moshi

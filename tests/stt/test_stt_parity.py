@@ -22,7 +22,9 @@ def stt(stt_dir: Path) -> dsm.SpeechToText:
     return dsm.load_stt(stt_dir, device="cpu")
 
 
-def test_single_input_equals_reference(stt: dsm.SpeechToText, ref_stt: ReferenceStt) -> None:
+def test_single_input_equals_reference(
+    stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: str
+) -> None:
     pcm = _audio(2.0, seed=1)  # 25 frames + 1.5 s of padding: well past the 12-step context
     ref_text, ref_tokens = reference_transcribe(ref_stt, pcm)
     result = stt.transcribe(pcm, sample_rate=24000)
@@ -32,7 +34,7 @@ def test_single_input_equals_reference(stt: dsm.SpeechToText, ref_stt: Reference
     print(f"reference tokens: {len(ref_tokens)}, text: {ref_text!r}")
 
 
-def test_batch_equals_single(stt: dsm.SpeechToText, ref_stt: ReferenceStt) -> None:
+def test_batch_equals_single(stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: str) -> None:
     inputs = [_audio(s, seed=i) for i, s in enumerate((1.2, 2.6, 0.5, 1.9, 0.9))]
     singles = [stt.transcribe(x, sample_rate=24000).text for x in inputs]
     batched = stt.transcribe_many(inputs, batch_size=2, sample_rate=24000, progress=False)

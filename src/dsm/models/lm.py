@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ from dsm.models.conditioners import (
 )
 from dsm.models.embeddings import ZERO_TOKEN_ID, TokenEmbedding, sinusoidal_embedding
 from dsm.nn.kv_cache import RingPositions, StepPositions
+from dsm.nn.linear import linear
 from dsm.nn.norms import make_norm
 from dsm.nn.transformer import StreamingTransformer, TransformerState
 
@@ -349,7 +351,7 @@ class LMModel(nn.Module):
             x = x + self._sin(self.transformer, x, self.config.max_period)
         h = self.transformer(x, cross_src=cross_src)
         h = self.out_norm(h)
-        return self.text_linear(h), h
+        return linear(h, self.text_linear.weight, self.text_linear.bias), h
 
     def extra_heads_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Softmax of every extra head: ``hidden [B, T, D]`` -> ``[B, T, n_heads, dim]``.
@@ -404,12 +406,14 @@ class LMModel(nn.Module):
                 f"depformer stream is at step {state.positions.step} but step {step} was "
                 "requested; reset the depformer stream at every frame and call steps in order"
             )
-        x = self.depformer_in[self._depformer_in_index(step)](hidden)
+        proj = cast(nn.Linear, self.depformer_in[self._depformer_in_index(step)])
+        x = linear(hidden, proj.weight)
         x = (x + self._depformer_token_emb(step, prev_token)).unsqueeze(1)  # [B, 1, ddim]
         if self._dep_sin:
             x = x + self._sin(dep, x, self._dep_max_period)
         y = dep(x)
-        return self.linears[step](self.depformer_norms[step](y[:, 0]))
+        head = cast(nn.Linear, self.linears[step])
+        return linear(self.depformer_norms[step](y[:, 0]), head.weight, head.bias)
 
     def forward_depformer_training(
         self, tokens: torch.Tensor, hidden: torch.Tensor

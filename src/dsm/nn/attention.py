@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .kv_cache import AttentionPlan, KVCache
+from .linear import linear
 from .rope import apply_rope
 
 __all__ = ["CrossAttention", "StackedLinear", "StreamingMultiheadAttention"]
@@ -54,15 +55,57 @@ def _per_step_linear(
     x: torch.Tensor, weight: torch.Tensor, rows: int, weight_index: tuple[int, ...] | None
 ) -> torch.Tensor:
     if weight_index is None:
-        return F.linear(x, weight)
+        return linear(x, weight)
     if len(weight_index) == 1:
         i = weight_index[0]
-        return F.linear(x, weight[i * rows : (i + 1) * rows])
+        return linear(x, weight[i * rows : (i + 1) * rows])
     outs = [
-        F.linear(x[:, t : t + 1], weight[i * rows : (i + 1) * rows])
+        linear(x[:, t : t + 1], weight[i * rows : (i + 1) * rows])
         for t, i in enumerate(weight_index)
     ]
     return torch.cat(outs, dim=1)
+
+
+# A streaming step has a few queries per slot. For those, PyTorch's reduced-precision CPU SDPA
+# (a flash kernel) is slow: 2 ms per slot and layer at 16 heads x 751 keys x 128 in bfloat16
+# on one core, against 0.33 ms for the two matmuls below with float32 scores.
+_FEW_QUERIES = 4
+# Keys of one chunk of slots upcast to float32 stay within this many bytes (cache-sized).
+_CHUNK_BYTES = 8 << 20
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Scaled dot-product attention of ``q [B, H, T, Dh]`` over ``k, v [B, H, L, Dh]``.
+
+    ``mask [B or 1, 1, T, L]`` (True = attend) or None. This is
+    ``F.scaled_dot_product_attention`` except for bfloat16/float16 on CPU with at most
+    :data:`_FEW_QUERIES` queries, where scores and softmax are computed in float32 by
+    chunks of slots (the same precision as SDPA's kernel, 2-6x faster for a streaming step).
+    """
+    B, H, T, Dh = q.shape
+    L = k.shape[2]
+    if (
+        q.device.type != "cpu"
+        or q.dtype not in (torch.bfloat16, torch.float16)
+        or T > _FEW_QUERIES
+        or torch.is_grad_enabled()
+    ):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    rows = max(1, _CHUNK_BYTES // max(1, H * L * Dh * 4))
+    scale = Dh**-0.5
+    out = torch.empty_like(q)
+    for start in range(0, B, rows):
+        end = min(B, start + rows)
+        scores = torch.matmul(q[start:end].float(), k[start:end].float().transpose(-1, -2))
+        scores.mul_(scale)
+        if mask is not None:
+            m = mask if mask.shape[0] == 1 else mask[start:end]
+            scores.masked_fill_(~m, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        torch.matmul(probs, v[start:end], out=out[start:end])
+    return out
 
 
 class StreamingMultiheadAttention(nn.Module):
@@ -133,7 +176,7 @@ class StreamingMultiheadAttention(nn.Module):
         if self.kv_repeat > 1:
             keys = keys.repeat_interleave(self.kv_repeat, dim=1)
             values = values.repeat_interleave(self.kv_repeat, dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=plan.mask)
+        out = attend(q.transpose(1, 2), keys, values, plan.mask)
         out = out.transpose(1, 2).reshape(B, T, D)
         return self.out_proj(out, plan.weight_index)
 
@@ -161,13 +204,13 @@ class CrossAttention(nn.Module):
         """``src [B, S, D]`` -> ``(k, v)``, each ``[B, H, S, Dh]`` contiguous."""
         B, S, _ = src.shape
         D = self.embed_dim
-        kv = F.linear(src, self.in_proj_weight[D:]).view(B, S, 2, self.num_heads, self.head_dim)
+        kv = linear(src, self.in_proj_weight[D:]).view(B, S, 2, self.num_heads, self.head_dim)
         kv = kv.permute(2, 0, 3, 1, 4).contiguous()  # [2, B, H, S, Dh]
         return kv[0], kv[1]
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``x [B, T, D]`` attends to ``k, v [B, H, S, Dh]``; returns ``[B, T, D]``."""
         B, T, D = x.shape
-        q = F.linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, self.head_dim)
+        q = linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, self.head_dim)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

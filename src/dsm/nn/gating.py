@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .linear import linear
+
 __all__ = ["ACTIVATIONS", "ActivationGating", "gated_hidden_dim", "get_activation"]
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -62,8 +64,8 @@ class ActivationGating(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., D]`` -> ``[..., D]``."""
-        h = F.linear(x, self.linear_in.weight).unflatten(-1, (2, self.hidden))
-        return F.linear(self.activation(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
+        h = linear(x, self.linear_in.weight).unflatten(-1, (2, self.hidden))
+        return linear(self.activation(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation_name}"

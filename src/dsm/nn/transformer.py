@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from .attention import CrossAttention, StreamingMultiheadAttention
 from .gating import ActivationGating
 from .kv_cache import AttentionPlan, KVCache, RingPositions, StepPositions, offline_plan
+from .linear import linear
 from .norms import LayerScale, make_norm
 from .rope import RotaryEmbedding
 from .streaming import StreamingModule, StreamingState
@@ -96,7 +97,7 @@ class StreamingTransformerLayer(nn.Module):
     def _feed_forward(self, x: torch.Tensor, weight_index: tuple[int, ...] | None) -> torch.Tensor:
         if self.linear1 is not None:
             assert self.linear2 is not None
-            return F.linear(F.gelu(F.linear(x, self.linear1.weight)), self.linear2.weight)
+            return linear(F.gelu(linear(x, self.linear1.weight)), self.linear2.weight)
         assert self.gating is not None
         if not isinstance(self.gating, nn.ModuleList):
             return self.gating(x)
