@@ -7,6 +7,10 @@ random Mimi (published architecture, decoding ``n_q`` codebooks), a SentencePiec
 trained at test time and a voice repo directory with one embedding ``[1, dim, T]`` carrying the
 checkpoint's ``sig``/``epoch`` metadata.
 
+:func:`prefix_tts_config` is the same network conditioned like ``kyutai/tts-0.75b-en-public``:
+no conditioner at all (no speaker tensor, no LUT), the voice being an audio prefix. Its voice
+repo holds short 24 kHz wav files (:func:`write_test_wav`) instead of embeddings.
+
 Random weights make the text head's argmax an arbitrary id, which the state machine turns into
 padding: words would then only start when ``max_padding`` runs out. The NEW_WORD (0) and PAD
 (3) rows of ``text_linear`` are scaled up so that greedy decoding picks between the two, as a
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +78,38 @@ def tts_config(audio_delay: float = 1.28) -> dict[str, Any]:
     return config
 
 
+def prefix_tts_config(audio_delay: float = 1.28) -> dict[str, Any]:
+    """:func:`tts_config` without conditioners or cross-attention: voices are audio prefixes
+    (``conditioners: {}`` still gives the reference an empty condition provider, which its
+    ``TTSModel.generate`` requires)."""
+    config = tts_config(audio_delay)
+    config.update(conditioners={}, cross_attention=False)
+    del config["fuser"]
+    config["model_id"] = {"sig": "9e570000", "epoch": 3}
+    return config
+
+
+def write_test_wav(
+    path: Path, seconds: float = 2.0, sample_rate: int = 24000, seed: int = 0
+) -> Path:
+    """A mono 16-bit wav: a few gliding tones and some noise, so that a random Mimi gives
+    varied codes."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    signal = np.zeros_like(t)
+    for f0 in rng.uniform(120.0, 900.0, size=3):
+        signal += np.sin(2 * np.pi * (f0 * t + 40.0 * t**2))
+    signal = 0.25 * signal / 3 + 0.05 * rng.standard_normal(t.shape)
+    ints = np.round(np.clip(signal, -1, 1) * 32767).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(ints.tobytes())
+    return path
+
+
 @dataclass
 class ReferenceTts:
     """The reference models of a checkpoint directory, the directory and its voice repo."""
@@ -85,7 +122,15 @@ class ReferenceTts:
     config: dict[str, Any]
 
     @property
+    def multi_speaker(self) -> bool:
+        return "speaker_wavs" in self.config["conditioners"]
+
+    @property
     def suffix(self) -> str:
+        """Voice file suffix: the embeddings' ``.{sig}@{epoch}.safetensors``, or nothing for a
+        prefix-conditioned checkpoint (whose voices are the wav files themselves)."""
+        if not self.multi_speaker:
+            return ""
         model_id = self.config["model_id"]
         return f".{model_id['sig']}@{model_id['epoch']}.safetensors"
 
@@ -129,18 +174,26 @@ def make_reference_tts_dir(
     tokenizer.Load(str(directory / config["tokenizer_name"]))
 
     voice_dir = Path(tmp_path) / "voices"
-    dim = config["conditioners"]["speaker_wavs"]["tensor"]["dim"]
-    gen = torch.Generator().manual_seed(seed + 7)
     model_id = config["model_id"]
     ref = ReferenceTts(lm, mimi, tokenizer, directory, voice_dir, config)
+    if not ref.multi_speaker:
+        for index, name in enumerate((VOICE_NAME, OTHER_VOICE_NAME)):
+            write_test_wav(ref.voice_path(name), seconds=2.0 - 0.5 * index, seed=seed + index)
+        return ref
+    dim = config["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+    gen = torch.Generator().manual_seed(seed + 7)
     for name in (VOICE_NAME, OTHER_VOICE_NAME):
         emb = torch.randn(1, dim, VOICE_FRAMES, generator=gen)
         save_voice(ref.voice_path(name), emb, model_id["sig"], model_id["epoch"])
     return ref
 
 
-def reference_model(ref: ReferenceTts, temp: float = 0.0) -> Any:
-    """The reference ``TTSModel`` as ``from_checkpoint_info`` builds it (max 8 / initial 2)."""
+def reference_model(ref: ReferenceTts, temp: float = 0.0, n_q: int | None = None) -> Any:
+    """The reference ``TTSModel`` as ``from_checkpoint_info`` builds it (max 8 / initial 2).
+
+    ``n_q``: codebooks to generate (default the config's); the reference then sets
+    ``lm.dep_q = n_q`` when generating: restore ``ref.lm.dep_q`` afterwards.
+    """
     from moshi.models.tts import StateMachine, TokenIds, TTSModel
 
     config = ref.config
@@ -158,7 +211,7 @@ def reference_model(ref: ReferenceTts, temp: float = 0.0) -> Any:
         voice_repo=str(ref.voice_dir),
         machine=machine,
         delay_steps=int(config["tts_config"]["audio_delay"] * ref.mimi.frame_rate),
-        n_q=config["n_q"],
+        n_q=config["n_q"] if n_q is None else n_q,
         temp=temp,
     )
 
@@ -169,6 +222,7 @@ class ReferenceResult:
     pcm: list[np.ndarray]  # per item, simple_generate's cut
     transcripts: list[list[tuple[str, int]]]
     end_steps: list[int | None]
+    prefix_frames: list[int]  # per item, the audio prefix's length (0 without one)
 
 
 @torch.no_grad()
@@ -178,12 +232,29 @@ def reference_synthesize(
     voices: list[list[Path]],
     cfg: float = 2.0,
     temp: float = 0.0,
+    n_q: int | None = None,
 ) -> ReferenceResult:
-    """``TTSModel.generate`` on a batch, decoded and cut as ``simple_generate`` does."""
-    model = reference_model(ref, temp)
+    """``TTSModel.generate`` on a batch, decoded and cut as ``simple_generate`` does.
+
+    For a multi-speaker checkpoint ``voices[b]`` are embedding files and ``cfg`` is the
+    distilled-CFG condition; otherwise ``voices[b]`` is one wav file (``get_prefix``, audio
+    prefix) and ``cfg`` the direct CFG coefficient, as ``simple_generate`` uses them.
+    """
+    model = reference_model(ref, temp, n_q)
+    dep_q = ref.lm.dep_q
     entries = [model.prepare_script(script, padding_between=1) for script in scripts]
-    attributes = [model.make_condition_attributes(list(v), cfg_coef=cfg) for v in voices]
-    result = model.generate(entries, attributes)
+    prefixes = None
+    if model.multi_speaker:
+        attributes = [model.make_condition_attributes(list(v), cfg_coef=cfg) for v in voices]
+    else:
+        attributes = []
+        model.cfg_coef = cfg
+        prefixes = [model.get_prefix(v[0]) for v in voices]
+    try:
+        result = model.generate(entries, attributes, prefixes=prefixes)
+    finally:
+        ref.lm.dep_q = dep_q
+    prefix_frames = [0] * len(scripts) if prefixes is None else [p.shape[-1] for p in prefixes]
     stacked = torch.cat(result.frames, dim=2)  # [B, 1 + n_q, T]
     with model.mimi.streaming(len(scripts)):
         pcms = [
@@ -192,7 +263,7 @@ def reference_synthesize(
         ]
     pcms = pcms[2:]
     out = [
-        torch.cat([p[i, 0] for p in pcms[: result.end_steps[i]]]).numpy()
+        torch.cat([p[i, 0] for p in pcms[prefix_frames[i] : result.end_steps[i]]]).numpy()
         for i in range(len(scripts))
     ]
     return ReferenceResult(
@@ -200,4 +271,5 @@ def reference_synthesize(
         out,
         result.all_transcripts,
         result.end_steps,
+        prefix_frames,
     )

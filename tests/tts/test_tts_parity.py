@@ -87,28 +87,15 @@ def test_batch_equals_each_alone(ref_tts: ReferenceTts, tts, batch) -> None:  # 
 
 def test_fewer_codebooks_match_reference(ref_tts: ReferenceTts, tts) -> None:  # type: ignore[no-untyped-def]
     """``n_q`` below ``dep_q``: the reference sets ``lm.dep_q = n_q`` and feeds ``-1`` for the
-    other codebooks as inputs; dsm generates and decodes the first ``n_q`` likewise."""
+    other codebooks as inputs; dsm's generator takes ``dep_q=n_q`` and does the same."""
     from dsm.tts.model import TextToSpeech
-    from tests.helpers import reference_tts
 
     voice = ref_tts.voice_path()
-    dep_q = ref_tts.lm.dep_q
-    original = reference_tts.reference_model
-
-    def with_n_q(ref, temp=0.0):  # type: ignore[no-untyped-def]
-        model = original(ref, temp)
-        model.n_q = 4
-        return model
-
-    try:
-        reference_tts.reference_model = with_n_q
-        ref = reference_synthesize(ref_tts, [[TEXTS[0]]], [[voice]])
-    finally:
-        reference_tts.reference_model = original
-        ref_tts.lm.dep_q = dep_q
-    small = TextToSpeech(tts.lm, tts.codec, tts.tokenizer, tts.config, n_q=4)
-    speech = small.synthesize(TEXTS[0], voice=str(voice), temperature=0.0)
-    T = speech.tokens.shape[1]
-    assert speech.tokens.shape[0] == 5
-    np.testing.assert_array_equal(speech.tokens, ref.frames[0][:, :T].numpy())
-    assert _rel_err(speech.pcm, ref.pcm[0]) < 1e-4
+    for n_q in (1, 4):
+        ref = reference_synthesize(ref_tts, [[TEXTS[0]]], [[voice]], n_q=n_q)
+        small = TextToSpeech(tts.lm, tts.codec, tts.tokenizer, tts.config, n_q=n_q)
+        speech = small.synthesize(TEXTS[0], voice=str(voice), temperature=0.0)
+        T = speech.tokens.shape[1]
+        assert speech.tokens.shape[0] == 1 + n_q
+        np.testing.assert_array_equal(speech.tokens, ref.frames[0][:, :T].numpy())
+        assert _rel_err(speech.pcm, ref.pcm[0]) < 1e-4

@@ -20,9 +20,13 @@ Per step, for the slots that run (an exec mask; the others keep their state bit-
   ``t >= delay_steps``; the first :data:`CLICK_FRAMES` decoded frames are dropped and the audio
   stops at the slot's ``end_step``, as the reference's ``simple_generate`` does.
 
+A slot may start with a voice prefix ``[n_q, P]`` (checkpoints conditioned on an audio prefix,
+see :mod:`dsm.tts.prefix`): its first ``P`` steps feed ``-1`` text, its audio codes are forced
+to the prefix's (delayed like generated audio), and the first ``P`` output frames are cut.
+
 Word timings are in seconds of the output audio: the word consumed at step ``s`` starts at
-``(s - CLICK_FRAMES) / 12.5``; it ends when the next entry (word or pause) is consumed, or at
-the end of the text.
+``(s - CLICK_FRAMES - P) / 12.5``; it ends when the next entry (word or pause) is consumed, or
+at the end of the text.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dsm.models.conditioners import Conditions
 from dsm.models.lm import LMModel
 from dsm.stt.words import Word
 from dsm.tts.entries import Entry
+from dsm.tts.prefix import PrefixTable
 from dsm.tts.state_machine import MachineState, StateMachine
 
 __all__ = ["CLICK_FRAMES", "SlotOutput", "TtsEngine"]
@@ -73,17 +78,7 @@ class _Slot:
     reported: int = 0  # consumed entries already turned into words
     pending: tuple[str, int] | None = None  # (word, start step) awaiting its end
     frames_out: int = 0  # output audio frames emitted
-
-
-def _limit_generated_codebooks(gen: StreamingGenerator, n_q: int) -> None:
-    """Generate only the first ``n_q`` codebooks (the reference sets ``lm.dep_q = n_q``); the
-    others become input streams fed with ``-1``. Must run before ``gen.start()``."""
-    if n_q == gen.dep_q:
-        return
-    if not 0 < n_q <= gen.dep_q:
-        raise ValueError(f"n_q must be in [1, {gen.dep_q}], got {n_q}")
-    gen.dep_q = n_q
-    gen.n_in = gen.K - 1 - n_q
+    prefix_frames: int = 0  # P: steps of voice prefix (text -1, output audio cut)
 
 
 class TtsEngine:
@@ -95,7 +90,8 @@ class TtsEngine:
         machine: the text-stream state machine of the checkpoint.
         batch_size: number of slots ``B``.
         delay_steps: audio delay of the checkpoint in steps (16 for tts-1.6b).
-        n_q: codebooks generated and decoded (default: all of the LM's ``dep_q``).
+        n_q: codebooks generated and decoded (default: all of the LM's ``dep_q``); the others
+            are input streams fed ``-1`` (the reference's ``TTSModel.n_q``).
         conditions: template conditions with ``B`` rows (``2B`` with direct CFG, the null rows
             last); a slot's own rows are given to :meth:`start_slot`.
         cfg_coef: direct classifier-free guidance (models not CFG-distilled); 1 disables it.
@@ -155,8 +151,8 @@ class TtsEngine:
             on_text_hook=self._on_text,
             on_audio_hook=self._on_audio,
             generator=generator,
+            dep_q=n_q,
         )
-        _limit_generated_codebooks(self.gen, n_q or self.gen.dep_q)
         self.n_q = self.gen.dep_q
         self.max_delay = self.gen.max_delay
         self.cfg = self.gen.cfg
@@ -186,6 +182,7 @@ class TtsEngine:
         B, dev = self.batch_size, self.device
         delays = torch.tensor(self.gen.delays_list[1 : 1 + self.n_q], device=dev)
         self._audio_start = (delays + self.delay_steps)[None]  # [1, n_q]
+        self._prefixes = PrefixTable(B, self._audio_start[0])
         self._inputs = torch.full((B, max(self.gen.n_in, 0), 1), ZERO_TOKEN_ID, device=dev)
         self._no_audio = torch.full((B, self.n_q, 1), ZERO_TOKEN_ID, device=dev)
         self._exec = torch.zeros(B, dtype=torch.bool)
@@ -217,14 +214,22 @@ class TtsEngine:
         temperature: float | None = None,
         entries: list[Entry] | None = None,
         complete: bool = False,
+        prefix: torch.Tensor | None = None,
     ) -> None:
         """(Re)start ``slot`` as a fresh utterance.
 
         ``conditions``: this slot's rows (1 row, 2 with direct CFG: conditional then null), or
         None to keep the slot's current rows. ``entries`` / ``complete``: text known already.
+        ``prefix``: the voice as audio-prefix codes ``[n_q, P]`` (see :mod:`dsm.tts.prefix`,
+        ``TextToSpeech.voice_prefix``); it needs every codebook of the LM generated.
         """
         if self._stack is None:
             raise RuntimeError("start the engine first")
+        if prefix is not None and self.n_q != self.gen.n_q:
+            raise ValueError(
+                f"a voice prefix needs all {self.gen.n_q} codebooks generated, this engine "
+                f"generates {self.n_q} (as in the reference, whose prefixes have every codebook)"
+            )
         B, dev = self.batch_size, self.device
         mask = torch.zeros(B, dtype=torch.bool)
         mask[slot] = True
@@ -234,9 +239,16 @@ class TtsEngine:
         self.gen.reset(mask.to(dev), conditions=full)
         if temperature is not None:
             self.gen.set_sampling(mask.to(dev), temp=temperature, temp_text=temperature)
+        prefix_frames = self._prefixes.set(slot, prefix)
+        if self.cfg:
+            # The reference's cfg_is_no_prefix: the null branch does not hear the prefix.
+            until = prefix_frames + self.delay_steps if prefix_frames else None
+            self.gen.set_cfg_masked_until(mask.to(dev), until)
         assert self.stream is not None
         self.stream.reset(mask)
-        self._slots[slot] = _Slot(self.machine.new_state(entries), complete=complete)
+        self._slots[slot] = _Slot(
+            self.machine.new_state(entries), complete=complete, prefix_frames=prefix_frames
+        )
 
     def _expand(self, slot: int, rows: Conditions) -> Conditions:
         """Template conditions with ``slot``'s rows replaced by ``rows``."""
@@ -287,6 +299,7 @@ class TtsEngine:
         machine = self.machine
         return (
             state.complete
+            or state.offset < state.prefix_frames  # the prefix needs no text
             or not machine.may_need_entry(state.state)
             or machine.has_enough_entries(state.state)
         )
@@ -304,12 +317,17 @@ class TtsEngine:
         for b in self._running:
             slot = self._slots[b]
             assert slot is not None
-            values[b] = machine.process(slot.offset, slot.state, values[b])
+            if slot.offset < slot.prefix_frames:
+                values[b] = ZERO_TOKEN_ID
+            else:
+                values[b] = machine.process(slot.offset, slot.state, values[b])
         token.copy_(torch.tensor(values, dtype=token.dtype))
 
     def _on_audio(self, audio: torch.Tensor) -> None:
-        early = self.gen.offsets[:, None] < self._audio_start  # [B, n_q]
+        offsets = self.gen.offsets
+        early = offsets[:, None] < self._audio_start  # [B, n_q]
         audio.masked_fill_(early, ZERO_TOKEN_ID)
+        self._prefixes.overlay(audio, offsets)
 
     # ----------------------------------------------------------------------------- the step
 
@@ -362,7 +380,7 @@ class TtsEngine:
             state = slot.state
             if b in audio_times and pcm_host is not None:
                 j = audio_times[b] - self.delay_steps - CLICK_FRAMES
-                if j >= 0 and (state.end_step is None or j < state.end_step):
+                if j >= slot.prefix_frames and (state.end_step is None or j < state.end_step):
                     result.pcm = pcm_host[b].copy()
                     slot.frames_out += 1
             result.words = self._new_words(slot)
@@ -373,19 +391,20 @@ class TtsEngine:
             if not result.done and slot.offset >= self.max_steps:
                 result.done = result.truncated = True
                 if slot.pending is not None:
-                    result.words.append(self._word(slot.pending, slot.offset))
+                    result.words.append(self._word(slot, slot.pending, slot.offset))
                     slot.pending = None
             if result.done:
                 self._slots[b] = None
             outputs.append(result)
         return outputs
 
-    def _word(self, pending: tuple[str, int], end_step: int) -> Word:
+    def _word(self, slot: _Slot, pending: tuple[str, int], end_step: int) -> Word:
         text, start = pending
+        first = CLICK_FRAMES + slot.prefix_frames  # the step of the first output frame
         return Word(
             text,
-            max(0.0, (start - CLICK_FRAMES) / FRAME_RATE),
-            max(0.0, (end_step - CLICK_FRAMES) / FRAME_RATE),
+            max(0.0, (start - first) / FRAME_RATE),
+            max(0.0, (end_step - first) / FRAME_RATE),
         )
 
     def _new_words(self, slot: _Slot) -> list[Word]:
@@ -395,12 +414,12 @@ class TtsEngine:
             entry, step = consumed[slot.reported]
             slot.reported += 1
             if slot.pending is not None:
-                words.append(self._word(slot.pending, step))
+                words.append(self._word(slot, slot.pending, step))
                 slot.pending = None
             if entry.tokens:
                 slot.pending = (entry.text, step)
         end = slot.state.end_step
         if end is not None and slot.pending is not None:
-            words.append(self._word(slot.pending, end))
+            words.append(self._word(slot, slot.pending, end))
             slot.pending = None
         return words

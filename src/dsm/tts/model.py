@@ -17,6 +17,13 @@
 
 Generation follows the reference ``TTSModel`` (model-spec §5): entries and the state machine of
 :mod:`dsm.tts.entries` / :mod:`dsm.tts.state_machine`, the slot engine of :mod:`dsm.tts.engine`.
+
+Voices: checkpoints with a speaker conditioner (tts-1.6b-en_fr) take precomputed embeddings
+(:mod:`dsm.tts.voices`); checkpoints without one (tts-0.75b-en-public) take a recording of the
+voice, forced as an audio prefix (:mod:`dsm.tts.prefix`)::
+
+    tts = dsm.load_tts("kyutai/tts-0.75b-en-public")
+    speech = tts.synthesize("Hello world!", voice="my_voice.wav")   # or a voice-repo .wav name
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from dsm.stt.words import Word
 from dsm.tokenizer import TextTokenizer
 from dsm.tts.engine import TtsEngine
 from dsm.tts.entries import Entry, EntryMaker, TextError, script_to_entries
+from dsm.tts.prefix import load_voice_prefix
 from dsm.tts.state_machine import StateMachine
 from dsm.tts.voices import (
     DEFAULT_VOICE,
@@ -60,7 +68,10 @@ DEFAULT_TTS = "kyutai/tts-1.6b-en_fr"
 SPEAKER_CONDITION = "speaker_wavs"  # tensor conditioner of the voice embeddings (cross-attended)
 CFG_CONDITION = "cfg"  # LUT of CFG-distilled checkpoints: the guidance strength as "2.0"
 CONTROL_CONDITION = "control"  # LUT always set to "ok" by the reference
-Voice = str | Path | torch.Tensor  # name in the voice repo, embedding file, or [1, dim, T] tensor
+# A name in the voice repo or a file: an embedding (.safetensors) or, for checkpoints conditioned
+# on an audio prefix, a recording. Tensors: a [1, dim, T] embedding, or [n_q, P] prefix codes.
+Voice = str | Path | torch.Tensor
+EMBEDDING_EXT = ".safetensors"
 
 
 def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
@@ -209,6 +220,7 @@ class TextToSpeech:
             self.cfg_values = tuple(sorted(float(v) for v in cfg_lut.possible_values))
         self.voice_suffix = voice_suffix(config.model_id) if self.multi_speaker else ""
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._prefixes: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------- properties
 
@@ -225,10 +237,19 @@ class TextToSpeech:
         """The checkpoint takes the CFG strength as a condition (no doubled batch)."""
         return bool(self.cfg_values)
 
+    @property
+    def uses_prefix(self) -> bool:
+        """Voices are audio prefixes (recordings), not speaker embeddings."""
+        return not self.multi_speaker
+
     def voices(self, *, remote: bool = False) -> list[str]:
         """Voice names of the voice repo made for this checkpoint (local cache / directory;
-        ``remote=True`` also asks the hub)."""
-        return list_voices(self.voice_repo, self.voice_suffix or ".safetensors", remote=remote)
+        ``remote=True`` also asks the hub): its embeddings, or its ``.wav`` recordings for a
+        checkpoint conditioned on an audio prefix."""
+        if self.uses_prefix:
+            names = list_voices(self.voice_repo, ".wav", remote=remote)
+            return [name + ".wav" for name in names]
+        return list_voices(self.voice_repo, self.voice_suffix or EMBEDDING_EXT, remote=remote)
 
     # ----------------------------------------------------------------------------- text
 
@@ -267,12 +288,27 @@ class TextToSpeech:
 
     def voice_embedding(self, voice: Voice) -> torch.Tensor:
         """``[1, dim, T]`` float32 embedding of ``voice`` (checked against the checkpoint)."""
+        if self.uses_prefix:
+            raise VoiceError(
+                f"{self.name or 'this checkpoint'} has no speaker conditioner: its voices are "
+                "audio prefixes (use voice_prefix)"
+            )
         if isinstance(voice, torch.Tensor):
             emb = voice.detach().float()
             if emb.dim() == 2:
                 emb = emb[None]
             return emb
-        path = resolve_voice(voice, repo=self.voice_repo, suffix=self.voice_suffix)
+        local = _local_file(voice)
+        explicit = isinstance(voice, Path) or str(voice).startswith("file://")
+        if explicit and local is not None and local.suffix != EMBEDDING_EXT:
+            raise self._not_an_embedding(local)
+        try:
+            path = resolve_voice(voice, repo=self.voice_repo, suffix=self.voice_suffix)
+        except VoiceError:
+            # Not a voice of the repo; a recording given by path gets a clearer message.
+            if local is not None and local.suffix != EMBEDDING_EXT:
+                raise self._not_an_embedding(local) from None
+            raise
         key = str(path)
         if key not in self._embeddings:
             speaker = self._conditioners[SPEAKER_CONDITION]
@@ -282,17 +318,80 @@ class TextToSpeech:
             )
         return self._embeddings[key]
 
+    def _not_an_embedding(self, path: Path) -> VoiceError:
+        return VoiceError(
+            f"{path} is not a voice embedding: {self.name or 'this checkpoint'} takes "
+            f"precomputed speaker embeddings ({EMBEDDING_EXT} files, or names of the voice repo, "
+            "see `dsm voices`), not recordings; a voice given as audio needs a checkpoint "
+            "conditioned on an audio prefix, such as kyutai/tts-0.75b-en-public"
+        )
+
+    def voice_prefix(self, voice: Voice) -> torch.Tensor:
+        """The voice prefix codes ``[n_q, P]`` (int64, on the LM's device) of a recording, for
+        a checkpoint conditioned on an audio prefix (see :mod:`dsm.tts.prefix`).
+
+        ``voice``: an audio file (path, ``file://path``, any format FFmpeg reads, resampled to
+        24 kHz; channels are averaged), a ``.wav`` name of the voice repo, ``hf://owner/repo/f``,
+        or prefix codes already computed by this method.
+        """
+        if not self.uses_prefix:
+            raise VoiceError(
+                f"{self.name or 'this checkpoint'} is conditioned on speaker embeddings, not on "
+                "an audio prefix: give a voice name or an embedding .safetensors file"
+            )
+        n_q = self.lm.n_q
+        if self.n_q != n_q:
+            raise VoiceError(
+                f"a voice prefix needs all {n_q} codebooks of the checkpoint generated, not "
+                f"n_q={self.n_q} (the reference's prefixes have every codebook)"
+            )
+        if isinstance(voice, torch.Tensor):
+            if voice.dtype.is_floating_point or voice.dim() != 2 or voice.shape[0] != n_q:
+                raise VoiceError(
+                    f"a voice prefix tensor must be integer codes [{n_q}, frames] (see "
+                    f"voice_prefix), got {voice.dtype} {list(voice.shape)}"
+                )
+            return voice.to(device=self.lm.device, dtype=torch.long)
+        path = _local_file(voice)
+        if path is None:
+            path = resolve_voice(voice, repo=self.voice_repo, suffix="")
+        if path.suffix == EMBEDDING_EXT:
+            raise VoiceError(
+                f"{path.name} is a speaker embedding, but {self.name or 'this checkpoint'} is "
+                "conditioned on an audio prefix: give a recording of the voice (e.g. a .wav "
+                "file of a few seconds of speech)"
+            )
+        key = str(path)
+        if key not in self._prefixes:
+            codes = load_voice_prefix(path, self.codec, n_q)
+            self._prefixes[key] = codes.to(self.lm.device)
+        return self._prefixes[key]
+
+    def slot_prefix(self, voices: Sequence[Voice | None]) -> torch.Tensor | None:
+        """The audio prefix of a slot whose speakers are ``voices`` (None for checkpoints with
+        speaker embeddings, or when no voice is given)."""
+        if not self.uses_prefix:
+            return None
+        given = [v for v in voices if v is not None]
+        if len(given) > 1:
+            raise VoiceError(
+                f"{self.name or 'this checkpoint'} takes one voice (an audio prefix), "
+                f"got {len(given)}"
+            )
+        return self.voice_prefix(given[0]) if given else None
+
     def conditions(self, voices: Sequence[Voice | None], cfg: float) -> Conditions:
         """One slot's condition rows: voices in speaker slots 0, 1, ... and the cfg value.
 
         With direct CFG (``cfg != 1`` on a model that is not CFG-distilled) a second, null row
-        follows (every condition dropped).
+        follows (every condition dropped). Checkpoints conditioned on an audio prefix take no
+        voice here: see :meth:`slot_prefix`.
         """
         lut_cfg = self.check_cfg(cfg)
         if not self.multi_speaker and any(v is not None for v in voices):
             raise VoiceError(
-                f"{self.name or 'this checkpoint'} has no speaker conditioning "
-                "(voices through an audio prefix are not supported yet)"
+                f"{self.name or 'this checkpoint'} has no speaker conditioner: its voice is an "
+                "audio prefix, given to the engine's start_slot(prefix=tts.slot_prefix(voices))"
             )
         text: dict[str, list[str | None]] = {}
         tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -408,7 +507,8 @@ class TextToSpeech:
         seed: int | None,
     ) -> list[Speech]:
         entries = [self.entries(script) for script in scripts]
-        rows = [self.conditions(v, cfg) for v in voices]
+        prefixes = [self.slot_prefix(v) for v in voices]
+        rows = [self.conditions(v if self.multi_speaker else [], cfg) for v in voices]
         B = len(scripts)
         engine = self.make_engine(
             B,
@@ -424,7 +524,7 @@ class TextToSpeech:
         truncated = [False] * B
         with engine:
             for b in range(B):
-                engine.start_slot(b, entries=entries[b], complete=True)
+                engine.start_slot(b, entries=entries[b], complete=True, prefix=prefixes[b])
             while engine.busy:
                 for out in engine.step():
                     b = out.slot
@@ -477,7 +577,10 @@ class TextToSpeech:
         Args:
             text: the text; ``<break time="1.5s"/>`` inserts a pause.
             voice: a voice name of the voice repo, an embedding ``.safetensors`` file, or a list
-                with one voice per text; default: the reference scripts' default voice.
+                with one voice per text; default: the reference scripts' default voice. For a
+                checkpoint conditioned on an audio prefix (:attr:`uses_prefix`), a recording
+                of the voice (audio file or ``.wav`` name of the voice repo; default: none),
+                whose audio is not part of the output.
             cfg: guidance strength; for CFG-distilled checkpoints one of :attr:`cfg_values`.
             temperature: sampling temperature of text and audio (0: greedy).
             seed: makes sampling reproducible.
@@ -531,3 +634,16 @@ class TextToSpeech:
         from dsm.tts.session import TtsSession
 
         return TtsSession(self, voice=voice, cfg=cfg, temperature=temperature, seed=seed)
+
+
+def _local_file(voice: Voice) -> Path | None:
+    """``voice`` as a local file: a ``Path``, ``file://...``, or a string naming an existing
+    file (as the reference's ``hf_get(..., check_local_file_exists=True)``); else None."""
+    if isinstance(voice, Path):
+        return voice
+    if not isinstance(voice, str):
+        return None
+    if voice.startswith("file://"):
+        return Path(voice.removeprefix("file://")).expanduser()
+    path = Path(voice).expanduser()
+    return path if path.is_file() else None

@@ -57,10 +57,12 @@ class TtsSession:
         seed: int | None = None,
     ) -> None:
         self.tts = tts
-        conditions = tts.batch_conditions([tts.conditions([voice], cfg)])
+        prefix = tts.slot_prefix([voice])
+        rows = tts.conditions([voice] if tts.multi_speaker else [], cfg)
+        conditions = tts.batch_conditions([rows])
         self.engine = tts.make_engine(1, conditions, cfg=cfg, temperature=temperature, seed=seed)
         self.engine.start()
-        self.engine.start_slot(0)
+        self.engine.start_slot(0, prefix=prefix)
         self.maker = tts.entry_maker()
         self.maker.new_turn(0)
         self.splitter = ScriptSplitter()
