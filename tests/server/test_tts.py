@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -15,48 +12,28 @@ import msgpack
 import numpy as np
 import pytest
 
-from dsm.server import RunningServer, ServerConfig, SttModuleConfig, TtsModuleConfig, start_server
-from tests.helpers.reference_tts import ReferenceTts, make_reference_tts_dir
 from tests.server.conftest import KEY, pack, receive, run
-
-TEXT = "Hello world, the fox jumps."
-
-
-@pytest.fixture(scope="module")
-def ref_tts(tmp_path_factory: pytest.TempPathFactory) -> ReferenceTts:
-    return make_reference_tts_dir(tmp_path_factory.mktemp("server_tts"))
+from tests.server.tts_helpers import TEXT, SharedTts, serving_tts, shared_tts
 
 
 @pytest.fixture(scope="module")
-def tts(ref_tts: ReferenceTts) -> Any:
-    from dsm.tts.model import load_tts
-
-    return load_tts(ref_tts.directory, voice_repo=ref_tts.voice_dir, device="cpu")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> SharedTts:
+    return shared_tts(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def voice(ref_tts: ReferenceTts) -> str:
-    return str(ref_tts.voice_path())
+def tts(shared: SharedTts) -> Any:
+    return shared.tts
 
 
 @pytest.fixture(scope="module")
-def whole(tts: Any, voice: str) -> Any:
-    return tts.synthesize(TEXT, voice=voice, temperature=0.0)
+def voice(shared: SharedTts) -> str:
+    return shared.voice
 
 
-@asynccontextmanager
-async def serving_tts(tts: Any, voice: str, **options: Any) -> AsyncIterator[RunningServer]:
-    tts_cfg = dataclasses.replace(
-        TtsModuleConfig(batch_size=2, temperature=0.0, voice=voice), **options
-    )
-    config = ServerConfig(
-        host="127.0.0.1", port=0, authorized_ids=[KEY], stt=SttModuleConfig(), tts=tts_cfg
-    )
-    running = await start_server(config, tts=tts)
-    try:
-        yield running
-    finally:
-        await running.stop(0.0)
+@pytest.fixture(scope="module")
+def whole(shared: SharedTts) -> Any:
+    return shared.whole
 
 
 async def _speak(http: aiohttp.ClientSession, url: str, words: list[str]) -> list[dict]:
@@ -108,14 +85,15 @@ def test_unknown_voice_errors_and_eos_first(tts: Any, voice: str) -> None:
     async def body() -> None:
         async with serving_tts(tts, voice) as srv, aiohttp.ClientSession() as http:
             base = f"{srv.ws_url}/api/tts_streaming"
+            msgpack_url = f"{base}?format=PcmMessagePack"
             async with http.ws_connect(
-                f"{base}?voice=nobody", headers={"kyutai-api-key": KEY}
+                f"{msgpack_url}&voice=nobody", headers={"kyutai-api-key": KEY}
             ) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Text", "text": "Hi"}))
                 reply = await receive(ws)
                 assert reply["type"] == "Error" and "nobody" in reply["message"]
-            async with http.ws_connect(base, headers={"kyutai-api-key": KEY}) as ws:
+            async with http.ws_connect(msgpack_url, headers={"kyutai-api-key": KEY}) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Eos"}))
                 msg = await ws.receive(timeout=10)
@@ -130,7 +108,7 @@ def test_unknown_voice_errors_and_eos_first(tts: Any, voice: str) -> None:
                 frames = [m.data async for m in ws if m.type == aiohttp.WSMsgType.BINARY]
             assert frames and all(len(f) == 1920 * 4 for f in frames)
             with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
-                await http.ws_connect(f"{base}?format=OggOpus", headers={"kyutai-api-key": KEY})
+                await http.ws_connect(f"{base}?format=Mp3", headers={"kyutai-api-key": KEY})
             assert exc.value.status == 400
 
     run(body, timeout=60)
@@ -147,7 +125,7 @@ def test_openai_speech_wav_equals_synthesize(tts: Any, voice: str, whole: Any) -
             async with http.post(url, json={**payload, "voice": "nobody"}, headers=auth) as r:
                 bad_voice = r.status
             async with http.post(
-                url, json={**payload, "response_format": "mp3"}, headers=auth
+                url, json={**payload, "response_format": "ogg"}, headers=auth
             ) as r:
                 bad_format = r.status
             return status, data, bad_voice, bad_format

@@ -1,46 +1,47 @@
 """OpenAI-compatible ``POST /v1/audio/speech``: text in, audio streamed out as it is generated.
 
-Body (JSON): ``input`` (required), ``voice``, ``model`` (ignored), ``response_format`` ``wav``
-(default here) or ``pcm`` (raw 16-bit little-endian mono at 24 kHz, as OpenAI's ``pcm``).
-``wav`` is streamed with unknown sizes in its header (as upstream's POST route does); the
-compressed formats (mp3, opus, aac, flac) are not served yet and get 400. OpenAI's built-in
-voice names (``alloy``, ``nova``...) select the server's default voice; any other name must be
-a voice of the checkpoint, else 400 (never a silent fallback). Requests share the TTS slots
-with the WebSocket sessions and wait up to ``queue_timeout_s`` for one.
+Body (JSON): ``input`` (required), ``voice``, ``model`` (ignored), ``response_format``: ``mp3``
+(the default, as OpenAI's), ``opus`` (Ogg Opus), ``aac`` (ADTS), ``flac``, ``wav``, ``pcm`` (raw
+16-bit little-endian mono at 24 kHz, as OpenAI's ``pcm``); see :mod:`dsm.audio.encode`. Every
+format streams: each 80 ms frame is encoded and sent as soon as the model makes it (``wav`` and
+``flac`` carry "unknown length" headers for that). A format this installation's FFmpeg can't
+write, or an unknown one, gets 400 with the list of supported ones. OpenAI's built-in voice
+names (``alloy``, ``nova``...) select the server's default voice; any other name must be a
+voice of the checkpoint, else 400 (never a silent fallback). Requests share the TTS slots with
+the WebSocket sessions and wait up to ``queue_timeout_s`` for one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
 
+from dsm.audio.encode import AudioEncoder, available_formats, make_encoder, wav_header
 from dsm.server.tts_module import TtsChannel
 
 if TYPE_CHECKING:
     from dsm.server.app import DsmServer
 
-__all__ = ["OPENAI_VOICES", "add_speech_route", "wav_header"]
+__all__ = ["OPENAI_VOICES", "add_speech_route", "speech_formats", "wav_header"]
 
 OPENAI_VOICES = frozenset(
     ["alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"]
 )
-FORMATS = ("wav", "pcm")
 
 
-def wav_header(sample_rate: int = 24000) -> bytes:
-    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF): for streaming."""
-    unknown = 0xFFFFFFFF
-    return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", unknown)
-    )  # fmt: skip
+def speech_formats() -> tuple[str, ...]:
+    """The ``response_format`` values this server accepts."""
+    return available_formats()
+
+
+def _default_format() -> str:
+    formats = speech_formats()
+    return "mp3" if "mp3" in formats else "wav"
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -77,9 +78,10 @@ async def _speech(request: web.Request) -> web.StreamResponse:
     text = body["input"].strip()
     if not text:
         return _error(400, "'input' is empty")
-    fmt = body.get("response_format", "wav")
-    if fmt not in FORMATS:
-        return _error(400, f"response_format {fmt!r} is not supported; use one of {FORMATS}")
+    fmt = body.get("response_format") or _default_format()
+    if fmt not in speech_formats():
+        supported = ", ".join(speech_formats())
+        return _error(400, f"response_format {fmt!r} is not supported; use one of: {supported}")
     voice = body.get("voice")
     if voice is not None and not isinstance(voice, str):
         return _error(400, "'voice' must be a string")
@@ -91,6 +93,7 @@ async def _speech(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"error": {"message": "no free channels", "type": "server_error"}}, status=503
         )
+    encoder = make_encoder(fmt)
     response: web.StreamResponse | None = None
     try:
         channel.push_text(text)
@@ -108,23 +111,30 @@ async def _speech(request: web.Request) -> web.StreamResponse:
                 if message["type"] != "Audio":
                     continue
                 if response is None:
-                    kind = "audio/wav" if fmt == "wav" else "audio/pcm"
-                    response = web.StreamResponse(headers={"Content-Type": kind})
-                    await response.prepare(request)
-                    if fmt == "wav":
-                        await response.write(wav_header())
-                pcm = np.clip(np.asarray(message["pcm"]), -1.0, 1.0)
-                await response.write((pcm * 32767).astype("<i2").tobytes())
+                    response = await _start(request, encoder)
+                data = encoder.encode(np.asarray(message["pcm"], dtype=np.float32))
+                if data:
+                    await response.write(data)
         if response is None:  # no audio at all (e.g. only a pause)
-            response = web.StreamResponse(headers={"Content-Type": f"audio/{fmt}"})
-            await response.prepare(request)
-            if fmt == "wav":
-                await response.write(wav_header())
+            response = await _start(request, encoder)
+        tail = encoder.finish()
+        if tail:
+            await response.write(tail)
         await response.write_eof()
         server.metrics.http_duration.labels("speech").observe(time.monotonic() - started)
         return response
     finally:
+        encoder.close()
         module.release(channel)
+
+
+async def _start(request: web.Request, encoder: AudioEncoder) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": encoder.content_type})
+    await response.prepare(request)
+    header = encoder.header()
+    if header:
+        await response.write(header)
+    return response
 
 
 def add_speech_route(app: web.Application) -> None:

@@ -5,6 +5,11 @@ Outgoing messages keep upstream's number types: ``pcm`` and ``prs`` are float32 
 Incoming messages are parsed leniently (any numeric type, extra keys ignored) but strictly on
 structure: a message that is not a map with a known ``type`` and well-typed fields raises
 :class:`ProtocolError`, which the server answers with an ``Error`` message.
+
+STT input may also be Ogg Opus, as upstream accepts: ``{"type": "OggOpus", "data": ...}`` where
+the ``data`` of successive messages are consecutive pieces of one Ogg Opus stream (split
+anywhere; ``bin`` or an array of byte values, as upstream's serde ``Vec<u8>``).
+:class:`SttInput` keeps the connection's decoder and turns them into 24 kHz ``AudioIn``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import numpy as np
 __all__ = [
     "AudioIn",
     "MarkerIn",
+    "OggOpusIn",
     "ProtocolError",
+    "SttInput",
     "encode",
     "encode_audio",
     "error",
@@ -47,6 +54,13 @@ class MarkerIn:
     """``{"type": "Marker", "id": int}``."""
 
     id: int
+
+
+@dataclass(frozen=True)
+class OggOpusIn:
+    """``{"type": "OggOpus", "data": ...}``: the next bytes of the client's Ogg Opus stream."""
+
+    data: bytes
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -141,7 +155,7 @@ def _fast_audio(data: bytes) -> np.ndarray | None:
     return pcm
 
 
-def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | None:
+def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | OggOpusIn | None:
     """Parse one binary frame sent to the STT socket (None: a message to ignore)."""
     fast = _fast_audio(data)
     if fast is not None:
@@ -160,5 +174,37 @@ def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | None:
     if kind == "Init":
         return None  # upstream injects Init itself at connect time; the slot is already fresh
     if kind == "OggOpus":
-        raise ProtocolError("OggOpus input is not supported by this server; send Audio (pcm)")
-    raise ProtocolError(f"unknown message type {kind!r}; expected Audio or Marker")
+        return OggOpusIn(_bytes(message.get("data")))
+    raise ProtocolError(f"unknown message type {kind!r}; expected Audio, Marker or OggOpus")
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, list):
+        try:
+            return bytes(value)
+        except (TypeError, ValueError):
+            pass
+    raise ProtocolError('an OggOpus message needs "data": bytes or an array of byte values')
+
+
+class SttInput:
+    """One STT connection's parser: :func:`parse_stt_message` plus its Ogg Opus decoder."""
+
+    def __init__(self) -> None:
+        self._opus: Any = None
+
+    def parse(self, data: bytes) -> AudioIn | MarkerIn | None:
+        """Parse one binary frame; Ogg Opus pieces come back decoded (possibly empty)."""
+        parsed = parse_stt_message(data)
+        if not isinstance(parsed, OggOpusIn):
+            return parsed
+        from dsm.audio.opus import OggOpusDecoder
+
+        if self._opus is None:
+            self._opus = OggOpusDecoder()
+        try:
+            return AudioIn(self._opus.push(parsed.data))
+        except ValueError as exc:  # OggError, AudioError
+            raise ProtocolError(f"invalid OggOpus data: {exc}") from None
