@@ -3,7 +3,11 @@
 ``dsm client stt FILE`` streams a file at ``--rtf`` times real time (``--rtf 1000``: as fast as
 the server goes) and prints the words as they arrive, then ``start - end  word`` lines with
 ``--timestamps``; ``--mic`` streams the microphone until Ctrl-C. ``dsm client tts TEXT`` (``-``
-reads stdin) sends the text word by word and writes the audio to ``-o out.wav``.
+reads stdin) sends the text word by word and writes the audio to ``-o out.wav``; the file type
+follows the suffix (``.wav``, ``.ogg``/``.opus``, ``.mp3``, ``.flac``, ``.aac``, ``.pcm``), and
+``--format`` picks what the server sends (``PcmMessagePack``, ``OggOpusMessagePack``,
+``OggOpus``, ``Pcm``; by default Ogg Opus for an Ogg file, whose bytes are then saved as
+received, else pcm).
 """
 
 from __future__ import annotations
@@ -21,9 +25,20 @@ import numpy as np
 
 from dsm.errors import DsmError
 
-__all__ = ["add_parser", "run_stt", "run_tts", "write_wav"]
+__all__ = ["OUTPUT_SUFFIXES", "add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
 
 DEFAULT_URL = "ws://127.0.0.1:8080"
+# output file suffix -> dsm.audio.encode format
+OUTPUT_SUFFIXES = {
+    ".wav": "wav",
+    ".ogg": "opus",
+    ".opus": "opus",
+    ".mp3": "mp3",
+    ".flac": "flac",
+    ".aac": "aac",
+    ".pcm": "pcm",
+    ".raw": "pcm",
+}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,8 +58,22 @@ def add_parser(subparsers: Any) -> None:
     stt.set_defaults(func=run_stt)
     tts = sub.add_parser("tts", help="synthesize text through a server")
     tts.add_argument("text", nargs="?", default="-", help="text, or - for stdin (default)")
-    tts.add_argument("-o", "--output", default="out.wav", help="output WAV file")
+    tts.add_argument(
+        "-o",
+        "--output",
+        default="out.wav",
+        help="output file; its suffix sets the type: .wav (default), .ogg/.opus, .mp3, .flac, "
+        ".aac, .pcm (raw 16-bit)",
+    )
     tts.add_argument("--voice", default=None, help="voice name known to the server")
+    tts.add_argument(
+        "--format",
+        dest="wire_format",
+        default=None,
+        choices=["PcmMessagePack", "OggOpusMessagePack", "OggOpus", "Pcm"],
+        help="what the server sends (default: OggOpusMessagePack for an .ogg/.opus output, "
+        "else PcmMessagePack); audio is re-encoded locally when it differs from the file type",
+    )
     _common(tts)
     tts.set_defaults(func=run_tts)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -121,6 +150,39 @@ def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = 24000) -> No
         out.writeframes(data.tobytes())
 
 
+def _output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise DsmError(
+            f"can't tell the audio type of {str(path)!r} from its suffix; "
+            f"use one of {', '.join(OUTPUT_SUFFIXES)}"
+        )
+    return OUTPUT_SUFFIXES[suffix]
+
+
+def write_audio(path: str | Path, result: Any) -> float:
+    """Write a :class:`~dsm.server.client.TtsClientResult` to ``path`` (type from the suffix).
+
+    A received Ogg Opus stream is saved as is for ``.ogg``/``.opus``; anything else is encoded
+    from the pcm. Returns the audio's duration in seconds.
+    """
+    from dsm.audio.encode import make_encoder
+
+    kind = _output_format(path)
+    pcm = result.pcm
+    if kind == "opus" and result.ogg:
+        Path(path).write_bytes(result.ogg)
+    elif kind == "wav":
+        write_wav(path, pcm)
+    else:
+        encoder = make_encoder(kind)
+        with open(path, "wb") as out:
+            out.write(encoder.header())
+            out.write(encoder.encode(pcm))
+            out.write(encoder.finish())
+    return float(pcm.shape[0] / 24000)
+
+
 def run_tts(args: argparse.Namespace) -> int:
     """Send text, write the audio."""
     from dsm.server.client import tts_session
@@ -128,16 +190,19 @@ def run_tts(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
         raise DsmError("no text to synthesize")
+    kind = _output_format(args.output)
+    fmt = args.wire_format or ("OggOpusMessagePack" if kind == "opus" else "PcmMessagePack")
     try:
-        result = asyncio.run(tts_session(args.url, text, voice=args.voice, api_key=args.api_key))
+        result = asyncio.run(
+            tts_session(args.url, text, voice=args.voice, api_key=args.api_key, fmt=fmt)
+        )
     except (OSError, aiohttp.ClientError) as exc:
         raise DsmError(f"could not reach the server at {args.url}: {exc}") from None
     for message in result.errors:
         print(f"dsm: server error: {message}", file=sys.stderr)
     if result.errors:
         return 1
-    write_wav(args.output, result.pcm)
-    seconds = result.pcm.shape[0] / 24000
+    seconds = write_audio(args.output, result)
     first = result.first_audio_seconds
     print(
         f"wrote {args.output}: {seconds:.2f} s of audio"

@@ -2,8 +2,8 @@
 
 :func:`stt_session` streams audio to ``/api/asr-streaming`` at a chosen real-time factor and
 collects timed words; :func:`tts_session` sends text to ``/api/tts_streaming`` and collects
-1920-sample audio frames. Both speak only the documented protocol, so they work against
-upstream's server too.
+the audio in any of the server's formats (1920-sample pcm frames, or the Ogg Opus stream as
+sent). Both speak only the documented protocol, so they work against upstream's server too.
 """
 
 from __future__ import annotations
@@ -23,9 +23,17 @@ from dsm.errors import DsmError
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.words import Word
 
-__all__ = ["SttClientResult", "TtsClientResult", "pack", "stt_session", "tts_session"]
+__all__ = [
+    "TTS_FORMATS",
+    "SttClientResult",
+    "TtsClientResult",
+    "pack",
+    "stt_session",
+    "tts_session",
+]
 
 DEFAULT_KEY = "public_token"
+TTS_FORMATS = ("PcmMessagePack", "OggOpusMessagePack", "OggOpus", "Pcm")  # ``format=`` values
 FLUSH_SECONDS = 40  # upstream's file client sends 5 + 35 s of silence around its marker
 
 
@@ -210,18 +218,28 @@ async def _stt_receive(
 
 @dataclass
 class TtsClientResult:
-    """Audio frames and word timings received from a TTS session."""
+    """Audio and word timings received from a TTS session.
+
+    ``frames`` holds the pcm frames of the Pcm formats; ``ogg`` the Ogg Opus stream of the Ogg
+    formats, exactly as received (header first), ready to be saved as a ``.ogg`` file.
+    """
 
     frames: list[np.ndarray] = field(default_factory=list)
     words: list[tuple[str, float, float]] = field(default_factory=list)
     first_audio_seconds: float | None = None
     errors: list[str] = field(default_factory=list)
+    ogg: bytes = b""
 
     @property
     def pcm(self) -> np.ndarray:
-        if not self.frames:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self.frames)
+        """The audio as 24 kHz float32 ``[S]`` (the Ogg stream decoded when there is one)."""
+        if self.frames:
+            return np.concatenate(self.frames)
+        if self.ogg:
+            from dsm.audio import load_audio
+
+            return load_audio(self.ogg)
+        return np.zeros(0, dtype=np.float32)
 
 
 async def tts_session(
@@ -230,11 +248,18 @@ async def tts_session(
     *,
     voice: str | None = None,
     api_key: str | None = DEFAULT_KEY,
+    fmt: str = "PcmMessagePack",
     connect_timeout: float = 10.0,
     session: aiohttp.ClientSession | None = None,
 ) -> TtsClientResult:
-    """Send ``text`` word by word to ``/api/tts_streaming`` (PcmMessagePack); collect audio."""
-    query = {"format": "PcmMessagePack"}
+    """Send ``text`` word by word to ``/api/tts_streaming`` in format ``fmt``; collect audio.
+
+    ``fmt`` is one of :data:`TTS_FORMATS`. The binary formats (``Pcm``, ``OggOpus``) carry no
+    ``Ready``, ``Text`` or ``Error`` messages: a failure shows as the close frame's reason.
+    """
+    if fmt not in TTS_FORMATS:
+        raise DsmError(f"unknown TTS format {fmt!r}; use one of {', '.join(TTS_FORMATS)}")
+    query = {"format": fmt}
     if voice:
         query["voice"] = voice
     headers = {"kyutai-api-key": api_key} if api_key else {}
@@ -248,26 +273,58 @@ async def tts_session(
         except aiohttp.WSServerHandshakeError as exc:
             raise _handshake_error(exc) from None
         async with ws:
-            await _expect_ready(ws, connect_timeout)
+            if fmt.endswith("MessagePack"):
+                await _expect_ready(ws, connect_timeout)
             start = time.monotonic()
             for word in text.split():
                 await ws.send_bytes(pack({"type": "Text", "text": word}))
             await ws.send_bytes(pack({"type": "Eos"}))
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    continue
-                message = _unpack(msg.data)
-                if message["type"] == "Audio":
-                    if result.first_audio_seconds is None:
-                        result.first_audio_seconds = time.monotonic() - start
-                    result.frames.append(np.asarray(message["pcm"], dtype=np.float32))
-                elif message["type"] == "Text":
-                    result.words.append(
-                        (message["text"], float(message["start_s"]), float(message["stop_s"]))
-                    )
-                elif message["type"] == "Error":
-                    result.errors.append(str(message.get("message")))
+            await _tts_receive(ws, fmt, result, start)
     finally:
         if own:
             await http.close()
     return result
+
+
+async def _tts_receive(
+    ws: aiohttp.ClientWebSocketResponse[bool], fmt: str, result: TtsClientResult, start: float
+) -> None:
+    ogg = bytearray()
+    ogg_messages = 0
+    while True:
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.CLOSE:
+            if msg.data not in (aiohttp.WSCloseCode.OK, 1005) and msg.extra:
+                result.errors.append(str(msg.extra))
+            break
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                break
+            if msg.type == aiohttp.WSMsgType.ERROR:
+                result.errors.append(f"connection error: {msg.data}")
+                break
+            continue
+        if fmt == "Pcm":
+            message: dict[str, Any] = {"type": "Audio", "pcm": np.frombuffer(msg.data, "<f4")}
+        elif fmt == "OggOpus":
+            message = {"type": "OggOpus", "data": msg.data}
+        else:
+            message = _unpack(msg.data)
+        kind = message["type"]
+        if kind == "OggOpus":
+            ogg += bytes(message["data"])
+            ogg_messages += 1
+            # The first Ogg message is the header; the next one holds the first audio.
+            if ogg_messages == 2 and result.first_audio_seconds is None:
+                result.first_audio_seconds = time.monotonic() - start
+        elif kind == "Audio":
+            if result.first_audio_seconds is None:
+                result.first_audio_seconds = time.monotonic() - start
+            result.frames.append(np.asarray(message["pcm"], dtype=np.float32))
+        elif kind == "Text":
+            result.words.append(
+                (message["text"], float(message["start_s"]), float(message["stop_s"]))
+            )
+        elif kind == "Error":
+            result.errors.append(str(message.get("message")))
+    result.ogg = bytes(ogg)

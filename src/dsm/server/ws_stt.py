@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from dsm.server.module import ModuleUnavailable
-from dsm.server.protocol import AudioIn, MarkerIn, ProtocolError, encode, error, parse_stt_message
+from dsm.server.protocol import AudioIn, MarkerIn, ProtocolError, SttInput, encode, error
 from dsm.server.stt_module import SttChannel
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: Dsm
 
 async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
     idle = server.config.stt.idle_timeout_s
+    parser = SttInput()  # keeps the connection's Ogg Opus decoder
     while not ws.closed and not channel.closed:
         while channel.full and not ws.closed:
             await asyncio.sleep(0.01)
@@ -81,7 +82,7 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
             return
         if msg.type == WSMsgType.BINARY:
             try:
-                parsed = parse_stt_message(msg.data)
+                parsed = parser.parse(msg.data)
             except ProtocolError as exc:
                 server.metrics.inc("dsm_protocol_errors")
                 channel.fail(str(exc))
