@@ -153,7 +153,9 @@ class MimiCodec:
 
     # -- validation -------------------------------------------------------------------------
 
-    def _check_pcm(self, pcm: torch.Tensor, streaming_batch: int | None) -> torch.Tensor:
+    def _check_pcm(
+        self, pcm: torch.Tensor, streaming_batch: int | None, check_finite: bool | None = None
+    ) -> torch.Tensor:
         if not isinstance(pcm, torch.Tensor):
             raise TypeError(f"pcm must be a torch.Tensor, got {type(pcm).__name__}")
         if pcm.dim() != 3 or pcm.shape[1] != 1:
@@ -179,7 +181,8 @@ class MimiCodec:
                     "feed every slot each call (pause idle ones with set_exec_mask)"
                 )
         pcm = pcm.to(device=self.device, dtype=torch.float32)
-        if self.check_finite and not bool(torch.isfinite(pcm).all()):
+        check = self.check_finite if check_finite is None else check_finite
+        if check and not bool(torch.isfinite(pcm).all()):
             raise ValueError("pcm contains NaN or infinite samples; clean the audio first")
         return pcm
 
@@ -226,14 +229,16 @@ class MimiCodec:
         return None if state is None else state.batch_size
 
     @torch.no_grad()
-    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+    def encode(self, pcm: torch.Tensor, *, check_finite: bool | None = None) -> torch.Tensor:
         """``[B, 1, S]`` float audio at 24 kHz -> codes ``[B, num_codebooks, T]`` int64.
 
         Offline ``T = ceil(S / 1920)`` (zero right-padding); inside :meth:`streaming`, ``S`` must
-        be a positive multiple of 1920 and ``T = S / 1920``.
+        be a positive multiple of 1920 and ``T = S / 1920``. ``check_finite`` overrides
+        :attr:`check_finite` for this call (False: the caller checked the audio on the host, so
+        no device-to-host sync happens here).
         """
         batch = self._encoder_batch()
-        pcm = self._check_pcm(pcm, batch)
+        pcm = self._check_pcm(pcm, batch, check_finite)
         if batch is None and pcm.shape[-1] == 0:
             return torch.zeros(pcm.shape[0], self.num_codebooks, 0, dtype=torch.long)
         if batch is not None and self._graphed_encode is not None:
@@ -320,11 +325,12 @@ class MimiStream:
     def _controls(self) -> list[StreamingControl]:
         return [c for c in (self.encoder, self.decoder) if c is not None]
 
-    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
-        """One streaming step: ``[B, 1, n * 1920]`` -> codes ``[B, K, n]``."""
+    def encode(self, pcm: torch.Tensor, *, check_finite: bool | None = None) -> torch.Tensor:
+        """One streaming step: ``[B, 1, n * 1920]`` -> codes ``[B, K, n]`` (``check_finite``:
+        see :meth:`MimiCodec.encode`)."""
         if self.encoder is None:
             raise RuntimeError("this stream was opened with encoder=False")
-        return self.codec.encode(pcm)
+        return self.codec.encode(pcm, check_finite=check_finite)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """One streaming step: codes ``[B, K, T]`` (T >= 1) -> ``[B, 1, T * 1920]``."""

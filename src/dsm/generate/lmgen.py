@@ -501,8 +501,10 @@ class StreamingGenerator:
         self.dep_ctl.reset(self._all_slots)
         hidden = self.hidden[:, 0]  # [B_lm, D]
         prev = self.text_token
+        inputs = self.lm.depformer_inputs(hidden, self.dep_q)  # one projection per weight set
         for cb in range(self.dep_q):
-            logits = self.lm.depformer_step(cb, hidden, prev.repeat(2) if self.cfg else prev)
+            step_prev = prev.repeat(2) if self.cfg else prev
+            logits = self.lm.depformer_step(cb, hidden, step_prev, projected=inputs[cb])
             if self.cfg:
                 cond, null = logits[:B], logits[B:]
                 logits = null + (cond - null) * self.cfg_coef_t.to(logits.dtype)

@@ -378,8 +378,29 @@ class LMModel(nn.Module):
             return self.depformer_text_emb(tokens)
         return self.depformer_emb[step - 1](tokens)
 
+    def depformer_inputs(
+        self, hidden: torch.Tensor, steps: int | None = None
+    ) -> list[torch.Tensor]:
+        """The depformer's input projections ``[B, ddim]`` of ``hidden [B, D]`` for the first
+        ``steps`` steps (default ``dep_q``), each weight set of the schedule computed once:
+        steps that share a set get the same tensor. Pass ``inputs[step]`` as
+        ``depformer_step(..., projected=)``."""
+        done: dict[int, torch.Tensor] = {}
+        inputs = []
+        for step in range(self.dep_q if steps is None else steps):
+            index = self._depformer_in_index(step)
+            if index not in done:
+                proj = cast(nn.Linear, self.depformer_in[index])
+                done[index] = linear(hidden, proj.weight)
+            inputs.append(done[index])
+        return inputs
+
     def depformer_step(
-        self, step: int, hidden: torch.Tensor, prev_token: torch.Tensor
+        self,
+        step: int,
+        hidden: torch.Tensor,
+        prev_token: torch.Tensor,
+        projected: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, card]`` of codebook ``step`` (0..dep_q-1) for one frame.
 
@@ -388,6 +409,8 @@ class LMModel(nn.Module):
             hidden: ``[B, D]`` normalized hidden state of this frame (from :meth:`forward_text`).
             prev_token: ``[B]`` long: the (multiplexed, for TTS) text token at step 0, else the
                 token sampled for codebook ``step - 1``.
+            projected: this step's input projection of ``hidden``, from
+                :meth:`depformer_inputs` (computed here when None).
 
         Must run inside ``dsm.nn.streaming(lm.depformer, B)``; the caller resets that stream
         (``ctl.reset()``) at the start of every frame, since the depformer's KV cache covers one
@@ -406,9 +429,10 @@ class LMModel(nn.Module):
                 f"depformer stream is at step {state.positions.step} but step {step} was "
                 "requested; reset the depformer stream at every frame and call steps in order"
             )
-        proj = cast(nn.Linear, self.depformer_in[self._depformer_in_index(step)])
-        x = linear(hidden, proj.weight)
-        x = (x + self._depformer_token_emb(step, prev_token)).unsqueeze(1)  # [B, 1, ddim]
+        if projected is None:
+            proj = cast(nn.Linear, self.depformer_in[self._depformer_in_index(step)])
+            projected = linear(hidden, proj.weight)
+        x = (projected + self._depformer_token_emb(step, prev_token)).unsqueeze(1)  # [B, 1, ddim]
         if self._dep_sin:
             x = x + self._sin(dep, x, self._dep_max_period)
         y = dep(x)

@@ -112,7 +112,7 @@ class SttEngine:
 
     @torch.no_grad()
     def step(self, pcm: torch.Tensor, active: torch.Tensor, feed: torch.Tensor) -> EngineStep:
-        """One step for every slot.
+        """One step for every slot, encoding one frame per fed slot (live streams).
 
         Args:
             pcm: ``[B, 1920]`` float32 audio frame per slot (ignored where ``feed`` is False).
@@ -120,18 +120,44 @@ class SttEngine:
             feed: ``[B]`` bool, slots whose frame is real audio to encode; an active slot that
                 is not fed still advances its model by one step (to consume its last frame).
         """
-        assert self.stream is not None, "start the engine first"
         B = self.batch_size
         if pcm.shape != (B, FRAME_SIZE):
             raise ValueError(f"pcm must have shape [{B}, {FRAME_SIZE}], got {tuple(pcm.shape)}")
-        encode_mask = (active & feed).to(self.codec.device)
-        self.pcm[:, 0].copy_(pcm)
-        self.stream.set_exec_mask(encode_mask)
-        codes = self.stream.encode(self.pcm)[:, :, 0].to(self.device)  # [B, K]
-        self.generator.set_exec_mask(active.to(self.device))
-        out = self.generator.step(self.prev_codes[:, :, None])
+        encode_mask = active & feed
+        codes = self.encode_frames(pcm, encode_mask)[:, :, 0]  # [B, K]
+        out = self.step_codes(self.prev_codes, active)
         fed = encode_mask.to(self.device)
         self.prev_codes.copy_(torch.where(fed[:, None], codes, self.prev_codes))
+        return out
+
+    @torch.no_grad()
+    def encode_frames(self, pcm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encode ``n`` frames ahead for the slots in ``mask``: ``pcm [B, n * 1920]`` ->
+        codes ``[B, K, n]`` on the LM's device (rows outside ``mask`` are meaningless and their
+        encoder state is unchanged). Offline inputs encode many frames per call, which is much
+        cheaper per frame; feed the codes to :meth:`step_codes` one frame per step."""
+        assert self.stream is not None, "start the engine first"
+        B = self.batch_size
+        if pcm.dim() != 2 or pcm.shape[0] != B or pcm.shape[1] % FRAME_SIZE or not pcm.shape[1]:
+            raise ValueError(f"pcm must have shape [{B}, n * {FRAME_SIZE}], got {tuple(pcm.shape)}")
+        n = pcm.shape[1] // FRAME_SIZE
+        if self.pcm.shape[-1] != pcm.shape[1]:
+            self.pcm = torch.zeros(B, 1, pcm.shape[1], dtype=torch.float32, device=self.pcm.device)
+        self.pcm[:, 0].copy_(pcm)
+        self.stream.set_exec_mask(mask.to(self.codec.device))
+        # The audio was checked on the host (dsm.audio); no device sync for a NaN check here.
+        codes = self.stream.encode(self.pcm, check_finite=False)
+        assert codes.shape[-1] == n
+        return codes.to(self.device)
+
+    @torch.no_grad()
+    def step_codes(self, codes: torch.Tensor, active: torch.Tensor) -> EngineStep:
+        """One language-model step of the ``active`` slots, fed ``codes [B, K]`` (the audio
+        frame each slot's model hears at this step: frame ``k`` at the slot's step ``k + 1``;
+        any value at step 0)."""
+        assert self.stream is not None, "start the engine first"
+        self.generator.set_exec_mask(active.to(self.device))
+        out = self.generator.step(codes.to(self.device)[:, :, None])
         pause = None
         if out.extra_heads is not None:
             pause = out.extra_heads[:, :, 0].float().cpu()

@@ -67,6 +67,7 @@ class TranscriptionJob:
         self._audio = _CountingAudio(audio)
         self._frames = frames_of(feed_chunks(plan, self._audio, prompt_audio))
         self.step = 0  # the slot's next step
+        self.frames_fed = 0  # frames handed out by next_frame
         self.fed_all = False
         self.done = False
         # Compact per-step buffers: an hour of audio is 45,000 steps.
@@ -99,7 +100,16 @@ class TranscriptionJob:
         frame = next(self._frames, None)
         if frame is None:
             self.fed_all = True
+        else:
+            self.frames_fed += 1
         return frame
+
+    def check_done(self) -> bool:
+        """Marks the job done once every frame was fed and the model consumed the last one
+        (frame ``k`` is consumed at step ``k + 1``); returns :attr:`done`."""
+        if self.fed_all and self.step > self.frames_fed:
+            self.done = True
+        return self.done
 
     def consume(self, token: int, pause: list[float] | None, forced: bool) -> None:
         """Take the slot's output of one step; marks the job done after the last frame."""
@@ -120,8 +130,7 @@ class TranscriptionJob:
                 self.pause_heads = len(pause)
                 if self.detector is not None and self.detector.update(pause):
                     self.end_of_turns.append(heard)
-        if self.fed_all:
-            self.done = True
+        self.check_done()
 
     def result(self) -> Transcript:
         """The finished transcript (call once :attr:`done`)."""

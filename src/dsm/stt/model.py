@@ -24,6 +24,7 @@ from dsm.runtime import default_device
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.jobs import TranscriptionJob
+from dsm.stt.prefetch import DEFAULT_CHUNK, CodeQueue
 from dsm.stt.transcript import Transcript, TranscriptionFailure
 from dsm.stt.vad import VAD_CHECKPOINT, VadOptions
 from dsm.tokenizer import TextTokenizer
@@ -203,11 +204,14 @@ class SpeechToText:
         cut_prompt: bool = True,
         progress: bool = True,
         on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None = None,
+        encode_chunk: int = DEFAULT_CHUNK,
     ) -> list[Transcript | TranscriptionFailure]:
         """Transcribe many inputs with continuous batching; results in input order.
 
         An input that can't be read gives a :class:`TranscriptionFailure` in its place and
         does not stop the others. ``on_result(index, result)`` is called as each one finishes.
+        ``encode_chunk``: frames of each input encoded per Mimi call, ahead of the language
+        model (:mod:`dsm.stt.prefetch`; the transcript does not depend on it).
         """
         vad_options = self._check_vad(vad)
         prompt = self._prompt(prompt_text, prompt_audio, prompt_sample_rate)
@@ -227,45 +231,63 @@ class SpeechToText:
         pending: deque[int] = deque(range(len(inputs)))
         slots: list[tuple[int, TranscriptionJob] | None] = [None] * B
         with SttEngine(self.codec, self.lm, B, max_prompt_tokens=len(prompt[0])) as engine:
-            pcm = torch.zeros(B, FRAME_SIZE, dtype=torch.float32)
+            queue = CodeQueue(B, engine.n_q, encode_chunk, engine.device)
+            failed: dict[int, BaseException] = {}
+
+            def next_frame(b: int) -> np.ndarray | None:
+                entry = slots[b]
+                assert entry is not None
+                try:
+                    return entry[1].next_frame()
+                except (DsmError, ValueError, OSError, RuntimeError) as exc:
+                    failed[b] = exc
+                    return None
+
+            def drop(b: int, result: Transcript | TranscriptionFailure) -> None:
+                entry = slots[b]
+                assert entry is not None
+                finish(entry[0], result)
+                slots[b] = None
+
             while pending or any(s is not None for s in slots):
-                _fill_slots(self, engine, slots, pending, prompt, cut_prompt, vad_options,
-                            sample_rate, inputs, finish)  # fmt: skip
-                if all(s is None for s in slots):
+                started = _fill_slots(self, engine, slots, pending, prompt, cut_prompt,
+                                      vad_options, sample_rate, inputs, finish)  # fmt: skip
+                for b in started:
+                    queue.clear(b)
+                live = [b for b, s in enumerate(slots) if s is not None]
+                if not live:
                     break
+                # A slot's step 0 hears no audio; from step 1 on it takes one code per step.
+                hungry = [b for b in live if _job(slots, b).step > 0]
+                if queue.needs_refill(hungry):
+                    feeding = [b for b in live if not _job(slots, b).fed_all]
+                    queue.refill(feeding, next_frame, engine.encode_frames)
+                for b, exc in failed.items():
+                    drop(b, TranscriptionFailure(_job(slots, b).source, str(exc), exc))
+                failed.clear()
+                for b in hungry:
+                    entry = slots[b]
+                    if entry is not None and queue.count[b] == 0 and entry[1].check_done():
+                        drop(b, entry[1].result())  # its last frame was a chunk's last
+                active_slots = [b for b, s in enumerate(slots) if s is not None]
+                if not active_slots:
+                    continue
                 active = torch.zeros(B, dtype=torch.bool)
-                feed = torch.zeros(B, dtype=torch.bool)
-                pcm.zero_()
-                for b, entry in enumerate(slots):
-                    if entry is None:
-                        continue
-                    index, job = entry
-                    try:
-                        frame = job.next_frame()
-                    except (DsmError, ValueError, OSError, RuntimeError) as exc:
-                        finish(index, TranscriptionFailure(job.source, str(exc), exc))
-                        slots[b] = None
-                        continue
-                    active[b] = True
-                    if frame is not None:
-                        pcm[b] = torch.from_numpy(frame)
-                        feed[b] = True
-                out = engine.step(pcm.to(self.codec.device), active, feed)
+                active[active_slots] = True
+                codes = queue.take([b for b in active_slots if _job(slots, b).step > 0])
+                out = engine.step_codes(codes, active)
                 tokens = out.tokens.tolist()
                 pauses = out.pause.tolist() if out.pause is not None else None
                 forced = out.forced.tolist() if out.forced is not None else None
-                for b, entry in enumerate(slots):
-                    if entry is None or not active[b]:
-                        continue
-                    index, job = entry
+                for b in active_slots:
+                    job = _job(slots, b)
                     job.consume(
                         int(tokens[b]),
                         pauses[b] if pauses is not None else None,
                         bool(forced[b]) if forced is not None else False,
                     )
                     if job.done:
-                        finish(index, job.result())
-                        slots[b] = None
+                        drop(b, job.result())
         if bar is not None:
             bar.close()
         return [r for r in results if r is not None]
@@ -299,8 +321,9 @@ def _fill_slots(
     sample_rate: int | None,
     inputs: Sequence[AudioInput],
     finish: Callable[[int, Transcript | TranscriptionFailure], None],
-) -> None:
-    """Give every free slot the next input that opens; failures are reported, not raised."""
+) -> list[int]:
+    """Give every free slot the next input that opens (failures are reported, not raised);
+    returns the slots started."""
     started: list[int] = []
     for b in range(len(slots)):
         while slots[b] is None and pending:
@@ -317,6 +340,13 @@ def _fill_slots(
             started.append(b)
     if started:
         engine.start_slot(started, [prompt[0]] * len(started) if prompt[0] else None)
+    return started
+
+
+def _job(slots: list[tuple[int, TranscriptionJob] | None], b: int) -> TranscriptionJob:
+    entry = slots[b]
+    assert entry is not None
+    return entry[1]
 
 
 def _name_of(item: AudioInput) -> str:
