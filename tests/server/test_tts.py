@@ -153,3 +153,22 @@ def test_client_tts_writes_the_audio(tts: Any, voice: str, whole: Any, tmp_path:
     assert run(body, timeout=60) == 0
     with wave.open(str(out), "rb") as w:
         assert w.getnframes() == whole.pcm.shape[0]
+
+
+def test_loadtest_tts_sessions(tts: Any, voice: str, whole: Any) -> None:
+    from dsm.commands.loadtest import run_loadtest
+
+    async def body() -> Any:
+        async with serving_tts(tts, voice) as srv:
+            return await run_loadtest(
+                srv.ws_url, 0, 1.0, api_key=KEY, tts_sessions=3, tts_text=TEXT, timeout=60
+            )
+
+    report = run(body, timeout=120)
+    frames = len(whole.pcm) // 1920
+    # Two slots: two sessions speak the whole text, the third is refused.
+    assert report.tts_completed == 2 and report.tts_frames == 2 * frames
+    assert len(report.errors) == 1 and "no free channels" in report.errors[0]
+    assert report.tts_first_audio and report.tts_first_audio["p50_ms"] > 0
+    assert report.tts_server_step_ms is not None and report.tts_server_step_ms > 0
+    assert any("TTS: 2/3 completed" in line for line in report.lines())
