@@ -15,6 +15,11 @@ Offline calls trim those samples on the right.
 
 Both respect the shared exec mask: a slot whose mask entry is False gets an output but its
 state is left bit-identical.
+
+On CPU without gradients, transposed convolutions of short inputs whose kernel is a multiple of
+the stride (all of Mimi's) run as one matrix product and an overlap-add
+(:func:`conv_transpose1d`): PyTorch sends such inputs to a slow generic kernel (32.6 ms for
+Mimi's first decoder layer on one frame, against 2.4 ms).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from torch.nn import functional as F
 
 from dsm.nn.streaming import StreamingModule, StreamingState
 
-__all__ = ["StreamingConv1d", "StreamingConvTranspose1d"]
+__all__ = ["StreamingConv1d", "StreamingConvTranspose1d", "conv_transpose1d"]
 
 PAD_MODES = ("constant", "replicate")
 
@@ -139,6 +144,55 @@ class StreamingConv1d(StreamingModule):
         return y
 
 
+# Up to this many input steps the product is faster than PyTorch's CPU kernels (measured on
+# Mimi's decoder layers: 2 steps 2.4 vs 32.6 ms, 16 steps 0.7 vs 1.3 ms, 96 steps 2.7 vs 1.5 ms).
+_MATMUL_MAX_STEPS = 16
+
+
+def _matmul_convtr_ok(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> bool:
+    K, S = convtr.kernel_size[0], convtr.stride[0]
+    return (
+        x.device.type == "cpu"
+        and x.shape[-1] <= _MATMUL_MAX_STEPS
+        and not torch.is_grad_enabled()
+        and K % S == 0
+        and convtr.dilation[0] == 1
+        and convtr.padding[0] == 0
+        and convtr.output_padding[0] == 0
+        and convtr.groups in (1, convtr.in_channels)
+        and (convtr.groups == 1 or convtr.out_channels == convtr.in_channels)
+    )
+
+
+def conv_transpose1d(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tensor:
+    """``convtr(x)``: ``[B, C_in, T]`` -> ``[B, C_out, (T - 1) * S + K]``.
+
+    When the kernel ``K`` is ``n`` times the stride ``S`` (dense or depthwise, CPU, no grad),
+    every input step contributes ``K`` output samples: one product gives ``[B, T, C_out, n, S]``
+    and the ``n`` blocks are added at offsets ``0, S, ..., (n - 1) S``. Equal to PyTorch's
+    kernel up to float rounding.
+    """
+    if not _matmul_convtr_ok(x, convtr):
+        return convtr(x)
+    B, C, T = x.shape
+    K, S = convtr.kernel_size[0], convtr.stride[0]
+    n = K // S
+    w = convtr.weight  # [C_in, C_out / groups, K]
+    if convtr.groups == 1:
+        out_c = w.shape[1]
+        z = torch.matmul(x.transpose(1, 2), w.reshape(C, out_c * K))  # [B, T, C_out * K]
+        z = z.view(B, T, out_c, n, S).permute(0, 2, 3, 1, 4)  # [B, C_out, n, T, S]
+    else:  # depthwise: channel c scales its own kernel
+        out_c = C
+        z = x[:, :, None, :, None] * w.view(C, n, 1, S)  # [B, C, n, T, S]
+    y = x.new_zeros(B, out_c, (T + n - 1) * S)
+    for i in range(n):
+        y[:, :, i * S : (i + T) * S] += z[:, :, i].reshape(B, out_c, T * S)
+    if convtr.bias is not None:
+        y += convtr.bias[:, None]
+    return y
+
+
 class _ConvTrState(StreamingState):
     def __init__(self, exec_mask: torch.Tensor, partial: torch.Tensor) -> None:
         super().__init__(exec_mask)
@@ -190,7 +244,7 @@ class StreamingConvTranspose1d(StreamingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, T]`` -> ``[B, C_out, T * stride]``."""
-        y = self.convtr.convtr(x)  # [B, C_out, (T - 1) * S + K]
+        y = conv_transpose1d(x, self.convtr.convtr)  # [B, C_out, (T - 1) * S + K]
         P = self.overlap
         if P == 0:
             return y
