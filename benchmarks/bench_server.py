@@ -376,6 +376,10 @@ def _live_channels() -> int:
     return sum(isinstance(o, SttChannel) for o in gc.get_objects())
 
 
+def _thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
 def _snapshot(server: ServerThread) -> dict[str, float]:
     gc.collect()
     return {"rss_mb": round(rss_mb(), 1), "threads": threading.active_count(),
@@ -402,7 +406,9 @@ async def soak(url: str, total: int, batch: int, server: ServerThread) -> dict[s
             for r in results:
                 outcomes[r] = outcomes.get(r, 0) + 1
             done += wave
-            if not base and done >= min(total, max(4 * batch, 50)):  # after warm-up: baseline
+            # Baseline after warm-up, including a few concurrent waves: pools that grow with
+            # concurrency (asyncio's default executor for HTTP uploads) are then at full size.
+            if not base and done >= min(total, sequential + 10 * (batch + 1)):
                 await asyncio.sleep(0.5)
                 base = _snapshot(server)
             if base and done % 200 < wave:
@@ -421,6 +427,7 @@ async def soak(url: str, total: int, batch: int, server: ServerThread) -> dict[s
     }
     return {"sessions": total, "outcomes": outcomes, "baseline": base, "end": end,
             "used_slots_after": module.used_slots, "rss_trace_mb": rss_trace,
+            "threads_end": _thread_names(),
             "leaks": [k for k, v in leaks.items() if v]}  # fmt: skip
 
 
