@@ -47,11 +47,26 @@ def test_modes() -> None:
 
 
 def test_small_weights_stay_on_f_linear_in_auto_mode() -> None:
-    x, w = _pair(2, 64, 32, seed=1)
+    previous = lin.set_cpu_matmul_mode("auto")
+    try:
+        # Tiny, and Mimi-like (a 512-wide side, 1M elements): bit-identical to F.linear.
+        for d_in, d_out in ((64, 32), (512, 2048), (2048, 512)):
+            x, w = _pair(2, d_in, d_out, seed=1)
+            with torch.no_grad():
+                assert torch.equal(lin.linear(x, w), F.linear(x, w))
+    finally:
+        lin.set_cpu_matmul_mode(previous)
+
+
+def test_square_weights_use_the_fast_kernel_in_auto_mode() -> None:
+    x, w = _pair(4, lin.MIN_SQUARE_DIM, lin.MIN_SQUARE_DIM, seed=2)
     previous = lin.set_cpu_matmul_mode("auto")
     try:
         with torch.no_grad():
-            assert torch.equal(lin.linear(x, w), F.linear(x, w))
+            got, want = lin.linear(x, w), F.linear(x, w)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        if lin._AVAILABLE:  # oneDNN sums in another order than MKL
+            assert lin._use_onednn(x, w)
     finally:
         lin.set_cpu_matmul_mode(previous)
 
