@@ -338,28 +338,36 @@ class StreamingTransformer(StreamingModule):
             raise RuntimeError("set_cross_source needs a running stream (use dsm.nn.streaming)")
         if src.shape[0] != state.batch_size:
             raise ValueError(f"cross source has {src.shape[0]} rows, stream has {state.batch_size}")
+        current = state.cross_kv
+        if mask is not None and current is not None and current[0][0].shape[2] == src.shape[1]:
+            # Only the slots that take the new source are projected (a slot joining a busy
+            # batch costs one row, not B). Called when slots start, not per step, so reading
+            # the mask on the host is fine.
+            rows = mask.to(src.device).nonzero()[:, 0]
+            if rows.numel() == 0:
+                return
+            new = self._cross_kv(src.index_select(0, rows))
+            for (k_old, v_old), (k_new, v_new) in zip(current, new, strict=True):
+                k_old.index_copy_(0, rows.to(k_old.device), k_new)
+                v_old.index_copy_(0, rows.to(v_old.device), v_new)
+            return
         new = self._cross_kv(src)
-        if state.cross_kv is None:
+        if current is None:
             if mask is not None:
                 raise RuntimeError("the first cross source of a stream must cover all slots")
             state.cross_kv = new
             return
-        if state.cross_kv[0][0].shape != new[0][0].shape:
+        if current[0][0].shape != new[0][0].shape:
             if mask is not None:
                 raise ValueError(
                     f"cross source length {src.shape[1]} differs from the stream's "
-                    f"{state.cross_kv[0][0].shape[2]}; a partial update needs the same length"
+                    f"{current[0][0].shape[2]}; a partial update needs the same length"
                 )
             state.cross_kv = new
             return
-        m = None if mask is None else mask.view(-1, 1, 1, 1)
-        for (k_old, v_old), (k_new, v_new) in zip(state.cross_kv, new, strict=True):
-            if m is None:
-                k_old.copy_(k_new)
-                v_old.copy_(v_new)
-            else:
-                k_old.copy_(torch.where(m, k_new, k_old))
-                v_old.copy_(torch.where(m, v_new, v_old))
+        for (k_old, v_old), (k_new, v_new) in zip(current, new, strict=True):
+            k_old.copy_(k_new)
+            v_old.copy_(v_new)
 
     # -- forward ------------------------------------------------------------------------------
 
