@@ -31,7 +31,7 @@ from typing import Any
 import av
 import numpy as np
 
-from dsm.audio.opus import OggOpusEncoder, opus_available
+from dsm.audio.opus import OggOpusEncoder, av_frame, opus_available
 from dsm.audio.resample import SAMPLE_RATE
 
 __all__ = [
@@ -151,14 +151,10 @@ class MuxEncoder(AudioEncoder):
         return self._sink.take()
 
     def encode(self, pcm: np.ndarray) -> bytes:
-        samples = np.ascontiguousarray(np.asarray(pcm, dtype=np.float32).reshape(1, -1))
-        if samples.shape[1] == 0:
+        frame = av_frame(pcm, self.sample_rate, self._samples)
+        if frame is None:
             return b""
-        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._samples
-        frame.time_base = Fraction(1, self.sample_rate)
-        self._samples += samples.shape[1]
+        self._samples += frame.samples
         self._container.mux(self._stream.encode(frame))
         return self._sink.take()
 

@@ -47,6 +47,18 @@ def opus_available() -> bool:
     return True
 
 
+def av_frame(pcm: np.ndarray, sample_rate: int, pts: int) -> av.AudioFrame | None:
+    """Mono float ``pcm [S]`` as a PyAV frame starting at sample ``pts`` (None when empty)."""
+    samples = np.ascontiguousarray(np.asarray(pcm, dtype=np.float32).reshape(1, -1))
+    if samples.shape[1] == 0:
+        return None
+    frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, sample_rate)
+    return frame
+
+
 def _opus_tags(vendor: bytes) -> bytes:
     return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
 
@@ -105,14 +117,10 @@ class OggOpusEncoder:
         """Pages for the packets that ``pcm`` (mono ``[S]``, float in [-1, 1]) completes."""
         if not self._header_written:
             raise RuntimeError("write the header() before the audio")
-        samples = np.ascontiguousarray(np.asarray(pcm, dtype=np.float32).reshape(1, -1))
-        if samples.shape[1] == 0:
+        frame = av_frame(pcm, self.sample_rate, self.samples_in)
+        if frame is None:
             return b""
-        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self.samples_in
-        frame.time_base = Fraction(1, self.sample_rate)
-        self.samples_in += samples.shape[1]
+        self.samples_in += frame.samples
         return self._write(self._codec.encode(frame), final=False)
 
     def finish(self) -> bytes:

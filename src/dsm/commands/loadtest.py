@@ -192,15 +192,6 @@ def _pack(message: dict[str, Any]) -> bytes:
     return bytes(msgpack.packb(message, use_bin_type=True, use_single_float=True))
 
 
-def _unpack(data: bytes) -> dict[str, Any]:
-    import msgpack
-
-    message = msgpack.unpackb(data, raw=False)
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise DsmError(f"the server sent an unexpected message: {message!r:.80}")
-    return message
-
-
 # -- sessions -------------------------------------------------------------------------------
 
 
@@ -215,25 +206,12 @@ class _SttResult:
     error: str | None = None
 
 
-async def _ready(ws: Any, timeout: float) -> None:
-    import aiohttp
-
-    for _ in range(10):  # Unmute tolerates a few stray messages before Ready
-        msg = await ws.receive(timeout=timeout)
-        if msg.type != aiohttp.WSMsgType.BINARY:
-            raise DsmError(f"the server closed the connection before Ready ({msg.type.name})")
-        message = _unpack(msg.data)
-        if message["type"] == "Ready":
-            return
-        if message["type"] == "Error":
-            raise DsmError(f"the server refused the session: {message.get('message')}")
-    raise DsmError("no Ready message from the server")
-
-
 async def _stt_session(
     http: Any, url: str, headers: dict[str, str], frames: list[bytes], timeout: float
 ) -> _SttResult:
     import aiohttp
+
+    from dsm.server.client import expect_ready, handshake_error, unpack_message
 
     result = _SttResult()
     sent_at: list[float] = []  # send time of every frame, audio then flush silence
@@ -242,9 +220,9 @@ async def _stt_session(
     try:
         ws = await http.ws_connect(f"{url}/api/asr-streaming", headers=headers)
     except aiohttp.WSServerHandshakeError as exc:
-        raise DsmError(f"the server refused the WebSocket with HTTP {exc.status}") from None
+        raise handshake_error(exc) from None
     async with ws:
-        await _ready(ws, timeout)
+        await expect_ready(ws, timeout)
         result.connect = time.monotonic() - started
 
         async def receive() -> None:
@@ -253,7 +231,7 @@ async def _stt_session(
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     continue
                 now = time.monotonic()
-                message = _unpack(msg.data)
+                message = unpack_message(msg.data)
                 kind = message["type"]
                 if kind == "Step":
                     if steps < audio_frames and steps < len(sent_at):
@@ -313,14 +291,16 @@ async def _tts_session(
 ) -> _TtsResult:
     import aiohttp
 
+    from dsm.server.client import expect_ready, handshake_error, unpack_message
+
     result = _TtsResult()
     endpoint = f"{url}/api/tts_streaming?{urlencode({'format': 'PcmMessagePack'})}"
     try:
         ws = await http.ws_connect(endpoint, headers=headers)
     except aiohttp.WSServerHandshakeError as exc:
-        raise DsmError(f"the server refused the WebSocket with HTTP {exc.status}") from None
+        raise handshake_error(exc) from None
     async with ws:
-        await _ready(ws, timeout)
+        await expect_ready(ws, timeout)
         start = time.monotonic()
         for word in text.split():
             await ws.send_bytes(_pack({"type": "Text", "text": word}))
@@ -329,7 +309,7 @@ async def _tts_session(
             msg = await ws.receive(timeout=timeout)
             if msg.type != aiohttp.WSMsgType.BINARY:
                 break  # the server closes the socket after the last frame
-            message = _unpack(msg.data)
+            message = unpack_message(msg.data)
             if message["type"] == "Audio":
                 if result.first_audio is None:
                     result.first_audio = time.monotonic() - start

@@ -42,24 +42,27 @@ def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True, use_single_float=True)
 
 
-def _unpack(data: bytes) -> dict[str, Any]:
+def unpack_message(data: bytes) -> dict[str, Any]:
+    """A server message (msgpack map with a string ``type``); anything else is a DsmError."""
     message = msgpack.unpackb(data, raw=False)
-    if not isinstance(message, dict) or "type" not in message:
-        raise DsmError(f"the server sent an unexpected message: {message!r}")
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise DsmError(f"the server sent an unexpected message: {message!r:.80}")
     return message
 
 
-def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> DsmError:
+def handshake_error(exc: aiohttp.WSServerHandshakeError) -> DsmError:
+    """The refused WebSocket upgrade as a DsmError (a 401 names the API key)."""
     hint = " (wrong or missing API key)" if exc.status == 401 else ""
     return DsmError(f"the server refused the WebSocket with HTTP {exc.status}{hint}")
 
 
-async def _expect_ready(ws: aiohttp.ClientWebSocketResponse[bool], timeout: float) -> None:
-    for _ in range(10):
+async def expect_ready(ws: aiohttp.ClientWebSocketResponse[bool], timeout: float) -> None:
+    """Wait for ``Ready``; an ``Error`` (e.g. no free channels) or a close is a DsmError."""
+    for _ in range(10):  # Unmute tolerates a few stray messages before Ready
         msg = await ws.receive(timeout=timeout)
         if msg.type != aiohttp.WSMsgType.BINARY:
             raise DsmError(f"the server closed the connection before Ready ({msg.type.name})")
-        message = _unpack(msg.data)
+        message = unpack_message(msg.data)
         if message["type"] == "Ready":
             return
         if message["type"] == "Error":
@@ -109,9 +112,9 @@ async def stt_session(
         try:
             ws = await http.ws_connect(f"{url.rstrip('/')}/api/asr-streaming", headers=headers)
         except aiohttp.WSServerHandshakeError as exc:
-            raise _handshake_error(exc) from None
+            raise handshake_error(exc) from None
         async with ws:
-            await _expect_ready(ws, connect_timeout)
+            await expect_ready(ws, connect_timeout)
             receiver = asyncio.create_task(_stt_receive(ws, result, sent_at, marker, on_word))
             try:
                 await _stt_send(ws, chunks, rtf, flush, sent_at, marker, receiver)
@@ -185,7 +188,7 @@ async def _stt_receive(
     async for msg in ws:
         if msg.type != aiohttp.WSMsgType.BINARY:
             continue
-        message = _unpack(msg.data)
+        message = unpack_message(msg.data)
         now = time.monotonic()
         kind = message["type"]
         if kind == "Step":
@@ -271,10 +274,10 @@ async def tts_session(
         try:
             ws = await http.ws_connect(endpoint, headers=headers)
         except aiohttp.WSServerHandshakeError as exc:
-            raise _handshake_error(exc) from None
+            raise handshake_error(exc) from None
         async with ws:
             if fmt.endswith("MessagePack"):
-                await _expect_ready(ws, connect_timeout)
+                await expect_ready(ws, connect_timeout)
             start = time.monotonic()
             for word in text.split():
                 await ws.send_bytes(pack({"type": "Text", "text": word}))
@@ -309,7 +312,7 @@ async def _tts_receive(
         elif fmt == "OggOpus":
             message = {"type": "OggOpus", "data": msg.data}
         else:
-            message = _unpack(msg.data)
+            message = unpack_message(msg.data)
         kind = message["type"]
         if kind == "OggOpus":
             ogg += bytes(message["data"])
