@@ -90,3 +90,57 @@ def test_env_value_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         lin._mode_from_env()
     monkeypatch.setenv("DSM_CPU_MATMUL", "MKL")
     assert lin._mode_from_env() == "mkl"
+
+
+needs_onednn = pytest.mark.skipif(not lin._AVAILABLE, reason="oneDNN linear op not available")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 4, 16])
+def test_packed_bfloat16_matches_f_linear(rows: int) -> None:
+    """bfloat16 weights go through a packed copy; results equal ``F.linear``'s up to rounding."""
+    x, w = _pair(rows, 256, 384, seed=10 + rows)
+    x, w = x.bfloat16(), torch.nn.Parameter(w.bfloat16())
+    bias = torch.randn(384).bfloat16()
+    with torch.no_grad():
+        assert lin._use_packed(x, w)
+        for b in (None, bias):
+            got, want = lin.linear(x, w, b), F.linear(x, w, b)
+            assert got.dtype == torch.bfloat16 and got.shape == want.shape == (rows, 1, 384)
+            exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+            err_got = ((got.double() - exact).abs().max() / exact.abs().max()).item()
+            err_want = ((want.double() - exact).abs().max() / exact.abs().max()).item()
+            print(f"rows {rows} bias {b is not None}: {err_got:.2e} vs F.linear {err_want:.2e}")
+            assert err_got <= max(2 * err_want, 8e-3)
+    lin.clear_packed_weights()
+
+
+@needs_onednn
+def test_packed_weights_follow_the_parameter() -> None:
+    """Slices pack separately, in-place updates repack, and a freed parameter frees its packs."""
+    g = torch.Generator().manual_seed(3)
+    param = torch.nn.Parameter(torch.randn(64, 32, generator=g).bfloat16())
+    x = torch.randn(2, 32, generator=g).bfloat16()
+    with torch.no_grad():
+        top, bottom = lin.linear(x, param[:32]), lin.linear(x, param[32:])
+        assert torch.allclose(top.float(), F.linear(x, param[:32]).float(), rtol=2e-2, atol=2e-2)
+        assert torch.allclose(bottom.float(), F.linear(x, param[32:]).float(), rtol=2e-2, atol=2e-2)
+        assert len(lin._PACKED[id(param)]) == 2
+        param.mul_(-1)  # in place, as load_state_dict does
+        assert torch.equal(lin.linear(x, param[:32]), -top)
+    key = id(param)
+    del param
+    assert key not in lin._PACKED
+
+
+def test_packing_off_in_mkl_mode_and_for_training() -> None:
+    x, w = _pair(2, 32, 16, seed=4)
+    x, w = x.bfloat16(), torch.nn.Parameter(w.bfloat16())
+    assert not lin._use_packed(x, w)  # grad enabled and the weight requires grad
+    previous = lin.set_cpu_matmul_mode("mkl")
+    try:
+        with torch.no_grad():
+            assert not lin._use_packed(x, w)
+            assert torch.equal(lin.linear(x, w), F.linear(x, w))
+    finally:
+        lin.set_cpu_matmul_mode(previous)

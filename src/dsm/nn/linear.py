@@ -13,12 +13,21 @@ relative); the reference (``moshi``) uses MKL. ``DSM_CPU_MATMUL`` selects the ke
 with both dimensions at least :data:`MIN_SQUARE_DIM`: the language models' layers),
 ``onednn`` (every float32 CPU projection) or ``mkl`` (always ``F.linear``: bit-identical to the
 reference).
+
+bfloat16 on CPU: ``F.linear`` already runs oneDNN, but reorders the plain ``[D_out, D_in]`` weight
+into oneDNN's blocked VNNI layout on every call, which caps a streaming step at about 17 GB/s of
+weights on one core. :func:`linear` keeps a packed copy of each bfloat16 weight (made on first use
+with ``torch.ops.mkldnn._reorder_linear_weight``, refreshed when the weight changes) and multiplies
+against it: 2.4x faster at one row, 1.4x at 16 rows, identical results. The packed copy doubles the
+memory of the projection weights; ``DSM_CPU_MATMUL=mkl`` turns it off.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import weakref
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -26,6 +35,7 @@ from torch.nn import functional as F
 __all__ = [
     "MIN_SQUARE_DIM",
     "MIN_WEIGHT_ELEMENTS",
+    "clear_packed_weights",
     "cpu_matmul_mode",
     "linear",
     "set_cpu_matmul_mode",
@@ -90,8 +100,55 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.is_contiguous()
 
 
+def _use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if _mode == "mkl" or not _AVAILABLE:
+        return False
+    if x.device.type != "cpu" or weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
+        return False
+    if weight.dim() != 2 or weight.layout != torch.strided or not weight.is_contiguous():
+        return False
+    return not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad)
+
+
+class _Packed(NamedTuple):
+    version: int
+    weight: torch.Tensor  # the oneDNN blocked copy
+
+
+# id(base tensor) -> {(data_ptr, shape): packed}. Weights are often slices of one parameter (the
+# depformer's per-step weights, the fused K/V projection), so entries hang off the parameter the
+# slice views, and go when it is freed. A slice shares its base's version counter, so an in-place
+# update (``load_state_dict``) is seen; a swapped ``.data`` changes the data pointer.
+_PACKED: dict[int, dict[tuple[int, tuple[int, ...]], _Packed]] = {}
+
+
+def _drop_packed(key: int) -> None:
+    _PACKED.pop(key, None)
+
+
+def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    base = weight._base if weight._base is not None else weight
+    entries = _PACKED.get(id(base))
+    if entries is None:
+        entries = _PACKED[id(base)] = {}
+        weakref.finalize(base, _drop_packed, id(base))
+    key = (weight.data_ptr(), tuple(weight.shape))
+    entry = entries.get(key)
+    if entry is None or entry.version != weight._version:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        entry = entries[key] = _Packed(weight._version, packed)
+    return entry.weight
+
+
+def clear_packed_weights() -> None:
+    """Forget every packed bfloat16 weight (they are rebuilt on next use)."""
+    _PACKED.clear()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., D_in] @ weight[D_out, D_in]^T (+ bias)``, like ``F.linear``."""
     if _use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if _use_packed(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(weight), bias, "none", [], "")
     return F.linear(x, weight, bias)
