@@ -15,7 +15,8 @@ measured inside the same steps with forward hooks (embeddings, text head, sampli
 and bookkeeping are not scaled). STT is greedy (temp 0, as the STT configs); TTS samples with
 temp 0.6, top-k 250 (audio) / 25 (text) and the speaker + cfg conditions (625 cross positions).
 
-    python benchmarks/bench_lm.py --threads 1 --batch 1 4 16 --dtype float32 bfloat16
+    python benchmarks/bench_lm.py --batch 1 4 16 --dtype float32 bfloat16   # all cores
+    python benchmarks/bench_lm.py --threads 1                                # one core
     python benchmarks/bench_lm.py --profile tts --batch 4   # torch.profiler table of one dsm step
 """
 
@@ -201,7 +202,9 @@ def profile(kind: str, layers: int, shape: str, B: int, dtype: torch.dtype) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)"
+    )
     parser.add_argument("--models", nargs="+", default=["stt", "tts"], choices=["stt", "tts"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
@@ -217,7 +220,9 @@ def main() -> None:
         help="published shapes, or the tiny test models (dim 64: framework overhead)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
     torch.set_grad_enabled(False)
     import os
 

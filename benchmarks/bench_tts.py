@@ -21,7 +21,7 @@ Figures (per run):
 ``x16`` columns extrapolate to the real 16 main layers: the main transformer's time, measured
 inside the same run with forward hooks, is scaled by ``16 / layers`` (everything else is not).
 
-    python benchmarks/bench_tts.py --batch 1 4 --layers 2 --threads 2
+    python benchmarks/bench_tts.py --batch 1 4 --layers 2 --threads 2 [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ TEXT = "In the heart of an ancient forest, there lived a peculiar rabbit named L
 class Setup:
     """Reference and dsm models sharing one set of random weights."""
 
-    def __init__(self, layers: int, workdir: Path, text: str = TEXT) -> None:
+    def __init__(
+        self, layers: int, workdir: Path, text: str = TEXT, dtype: torch.dtype = torch.float32
+    ) -> None:
         import sentencepiece
         from moshi.models.tts import StateMachine, TokenIds, TTSModel
 
@@ -68,6 +70,7 @@ class Setup:
         self.layers = layers
         self.text = text
         ref_lm = make_reference_lm(raw, seed=0)
+        self.dtype = dtype
         with torch.no_grad():
             ref_mimi = build_reference_mimi(seed=0)
         mimi_path = save_reference_mimi(ref_mimi, workdir / "mimi.safetensors")
@@ -86,7 +89,10 @@ class Setup:
             lm=ref_lm, mimi=ref_mimi, tokenizer=sp, voice_suffix=f".{sig}@{epoch}.safetensors",
             voice_repo=str(workdir), machine=machine, delay_steps=delay_steps, n_q=32, temp=0.6,
         )  # fmt: skip
-        lm = dsm_from_reference(ref_lm, raw, torch.float32)
+        lm = dsm_from_reference(ref_lm, raw, dtype)
+        ref_lm.to(dtype)
+        if ref_lm.condition_provider is not None:  # it takes float32 voice tensors, casts outputs
+            ref_lm.condition_provider.float()
         codec = load_mimi(mimi_path)
         self.dsm = TextToSpeech(lm, codec, TextTokenizer(tok_path), parse_config(raw))
 
@@ -158,14 +164,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2, help="timed runs per side (best kept)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side first")
     parser.add_argument("--text", default=TEXT, help="what to say")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
-        setup = Setup(args.layers, Path(tmp), args.text)
+        dtype = getattr(torch, args.dtype)
+        setup = Setup(args.layers, Path(tmp), args.text, dtype)
         print(
             f"tts-1.6b-en_fr shape, main layers {args.layers} (x16: extrapolated to 16), "
-            f"CPU threads {args.threads}, float32, temp 0.6, cfg 2.0, best of {args.reps} "
+            f"CPU threads {args.threads}, LM {args.dtype} (Mimi float32), temp 0.6, cfg 2.0, "
+            f"best of {args.reps} "
             f"after {args.warmup} warm-up run(s) per side"
         )
         header = (
