@@ -355,6 +355,39 @@ def test_depformer_step_checks_its_stream(tts: Pair) -> None:
         lm.depformer_step(1, hidden, token)
 
 
+def test_bfloat16_packed_weights_on_cpu(stt: Pair) -> None:
+    """bfloat16 on CPU runs the packed-weight projections: the streaming logits stay as close to
+    the float32 model's as with plain ``F.linear`` (``mkl`` mode), and within bfloat16 rounding."""
+    from dsm.nn import linear as lin
+
+    B, T = 2, 13
+    lm16 = load_lm(stt.dir, dtype=torch.bfloat16)
+    codes = _codes(stt.lm, B, T, seed=7)
+    inputs = _step_inputs(lm16, _delayed(lm16, codes))
+    want = stt.lm(codes).text_logits[:, 0]
+
+    def run() -> torch.Tensor:
+        steps = []
+        with streaming(lm16, B):
+            for s in range(T):
+                steps.append(lm16.forward_text(inputs[:, :, s : s + 1])[0].float())
+        return torch.cat(steps, dim=1)
+
+    packed = run()
+    if lin._AVAILABLE:
+        assert lin._PACKED, "no bfloat16 projection went through the packed path"
+    previous = lin.set_cpu_matmul_mode("mkl")
+    try:
+        plain = run()
+    finally:
+        lin.set_cpu_matmul_mode(previous)
+        lin.clear_packed_weights()
+    err_packed, err_plain = _rel(packed, want), _rel(plain, want)
+    print(f"bf16 vs f32 text logits: packed {err_packed:.2e}, F.linear {err_plain:.2e}")
+    assert err_packed < 5e-2
+    assert err_packed <= 1.5 * err_plain + 1e-3
+
+
 # -- loading -----------------------------------------------------------------------------------
 
 

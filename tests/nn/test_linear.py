@@ -125,9 +125,12 @@ def test_packed_weights_follow_the_parameter() -> None:
         top, bottom = lin.linear(x, param[:32]), lin.linear(x, param[32:])
         assert torch.allclose(top.float(), F.linear(x, param[:32]).float(), rtol=2e-2, atol=2e-2)
         assert torch.allclose(bottom.float(), F.linear(x, param[32:]).float(), rtol=2e-2, atol=2e-2)
-        assert len(lin._PACKED[id(param)]) == 2
+        assert len(lin._PACKED[id(param)].packs) == 2
         param.mul_(-1)  # in place, as load_state_dict does
         assert torch.equal(lin.linear(x, param[:32]), -top)
+        param.data = param.data.clone()  # what Module.to does: old packs go
+        assert torch.equal(lin.linear(x, param[32:]), -bottom)
+        assert len(lin._PACKED[id(param)].packs) == 1
     key = id(param)
     del param
     assert key not in lin._PACKED

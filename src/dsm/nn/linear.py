@@ -115,11 +115,17 @@ class _Packed(NamedTuple):
     weight: torch.Tensor  # the oneDNN blocked copy
 
 
-# id(base tensor) -> {(data_ptr, shape): packed}. Weights are often slices of one parameter (the
-# depformer's per-step weights, the fused K/V projection), so entries hang off the parameter the
-# slice views, and go when it is freed. A slice shares its base's version counter, so an in-place
-# update (``load_state_dict``) is seen; a swapped ``.data`` changes the data pointer.
-_PACKED: dict[int, dict[tuple[int, tuple[int, ...]], _Packed]] = {}
+# id(base tensor) -> packs of that tensor's slices. Weights are often slices of one parameter
+# (the depformer's per-step weights, the fused K/V projection), so entries hang off the parameter
+# the slice views, and go when it is freed. A slice shares its base's version counter, so an
+# in-place update (``load_state_dict``) is seen; a parameter whose ``.data`` was swapped (``.to``)
+# has a new data pointer, which drops its old packs.
+class _BasePacks(NamedTuple):
+    data_ptr: int
+    packs: dict[tuple[int, tuple[int, ...]], _Packed]
+
+
+_PACKED: dict[int, _BasePacks] = {}
 
 
 def _drop_packed(key: int) -> None:
@@ -130,13 +136,14 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     base = weight._base if weight._base is not None else weight
     entries = _PACKED.get(id(base))
     if entries is None:
-        entries = _PACKED[id(base)] = {}
         weakref.finalize(base, _drop_packed, id(base))
+    if entries is None or entries.data_ptr != base.data_ptr():
+        entries = _PACKED[id(base)] = _BasePacks(base.data_ptr(), {})
     key = (weight.data_ptr(), tuple(weight.shape))
-    entry = entries.get(key)
+    entry = entries.packs.get(key)
     if entry is None or entry.version != weight._version:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-        entry = entries[key] = _Packed(weight._version, packed)
+        entry = entries.packs[key] = _Packed(weight._version, packed)
     return entry.weight
 
 
