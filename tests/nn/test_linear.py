@@ -140,6 +140,12 @@ def test_packing_off_in_mkl_mode_and_for_training() -> None:
     x, w = _pair(2, 32, 16, seed=4)
     x, w = x.bfloat16(), torch.nn.Parameter(w.bfloat16())
     assert not lin._use_packed(x, w)  # grad enabled and the weight requires grad
+    with torch.no_grad():
+        assert not lin._use_packed(x, w.detach().clone())  # not a parameter: not worth packing
+    with torch.inference_mode():
+        made_here = torch.nn.Parameter(torch.ones(16, 32, dtype=torch.bfloat16))
+        assert not lin._use_packed(x, made_here)  # no version counter to see updates
+        assert torch.equal(lin.linear(x, made_here), F.linear(x, made_here))
     previous = lin.set_cpu_matmul_mode("mkl")
     try:
         with torch.no_grad():

@@ -107,6 +107,11 @@ def _use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if weight.dim() != 2 or weight.layout != torch.strided or not weight.is_contiguous():
         return False
+    # Only parameters (or slices of one) are packed: a weight made per call would be packed per
+    # call. Inference tensors have no version counter, so an in-place change would go unseen.
+    base = weight._base if weight._base is not None else weight
+    if not isinstance(base, torch.nn.Parameter) or base.is_inference():
+        return False
     return not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad)
 
 
