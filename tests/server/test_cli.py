@@ -75,6 +75,7 @@ def test_serve_client_loadtest(
         capsys.readouterr()
         # A wrong key is reported, not a traceback.
         assert main(["client", "stt", str(wav), "--url", url, "--api-key", "bad"]) == 1
+        assert "HTTP 401 (wrong or missing API key)" in capsys.readouterr().err
         main(["loadtest", "--url", url, "--api-key", "k", "-n", "3", "--seconds", "0.4", "--json"])
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert report["sessions"] == 3 and report["frames"] > 0

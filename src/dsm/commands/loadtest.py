@@ -211,18 +211,14 @@ async def _stt_session(
 ) -> _SttResult:
     import aiohttp
 
-    from dsm.server.client import expect_ready, handshake_error, unpack_message
+    from dsm.server.client import open_session, unpack_message
 
     result = _SttResult()
     sent_at: list[float] = []  # send time of every frame, audio then flush silence
     audio_frames = len(frames)
     started = time.monotonic()
-    try:
-        ws = await http.ws_connect(f"{url}/api/asr-streaming", headers=headers)
-    except aiohttp.WSServerHandshakeError as exc:
-        raise handshake_error(exc) from None
+    ws = await open_session(http, f"{url}/api/asr-streaming", headers, timeout)
     async with ws:
-        await expect_ready(ws, timeout)
         result.connect = time.monotonic() - started
 
         async def receive() -> None:
@@ -291,16 +287,12 @@ async def _tts_session(
 ) -> _TtsResult:
     import aiohttp
 
-    from dsm.server.client import expect_ready, handshake_error, unpack_message
+    from dsm.server.client import open_session, unpack_message
 
     result = _TtsResult()
     endpoint = f"{url}/api/tts_streaming?{urlencode({'format': 'PcmMessagePack'})}"
-    try:
-        ws = await http.ws_connect(endpoint, headers=headers)
-    except aiohttp.WSServerHandshakeError as exc:
-        raise handshake_error(exc) from None
+    ws = await open_session(http, endpoint, headers, timeout)
     async with ws:
-        await expect_ready(ws, timeout)
         start = time.monotonic()
         for word in text.split():
             await ws.send_bytes(_pack({"type": "Text", "text": word}))

@@ -70,6 +70,28 @@ async def expect_ready(ws: aiohttp.ClientWebSocketResponse[bool], timeout: float
     raise DsmError("no Ready message from the server")
 
 
+async def open_session(
+    http: aiohttp.ClientSession,
+    endpoint: str,
+    headers: dict[str, str],
+    ready_timeout: float | None,
+) -> aiohttp.ClientWebSocketResponse[bool]:
+    """Open a session WebSocket at ``endpoint``; with ``ready_timeout``, also wait for ``Ready``.
+
+    A refused upgrade or a refused session is a DsmError, and the socket is closed on failure."""
+    try:
+        ws = await http.ws_connect(endpoint, headers=headers)
+    except aiohttp.WSServerHandshakeError as exc:
+        raise handshake_error(exc) from None
+    if ready_timeout is not None:
+        try:
+            await expect_ready(ws, ready_timeout)
+        except BaseException:
+            await ws.close()
+            raise
+    return ws
+
+
 @dataclass
 class SttClientResult:
     """Words received, plus timing measurements of the session."""
@@ -109,12 +131,9 @@ async def stt_session(
     sent_at: list[float] = []  # send time of each frame's end
     marker = asyncio.Event()
     try:
-        try:
-            ws = await http.ws_connect(f"{url.rstrip('/')}/api/asr-streaming", headers=headers)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise handshake_error(exc) from None
+        endpoint = f"{url.rstrip('/')}/api/asr-streaming"
+        ws = await open_session(http, endpoint, headers, connect_timeout)
         async with ws:
-            await expect_ready(ws, connect_timeout)
             receiver = asyncio.create_task(_stt_receive(ws, result, sent_at, marker, on_word))
             try:
                 await _stt_send(ws, chunks, rtf, flush, sent_at, marker, receiver)
@@ -271,13 +290,9 @@ async def tts_session(
     result = TtsClientResult()
     try:
         endpoint = f"{url.rstrip('/')}/api/tts_streaming?{urlencode(query)}"
-        try:
-            ws = await http.ws_connect(endpoint, headers=headers)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise handshake_error(exc) from None
+        ready = connect_timeout if fmt.endswith("MessagePack") else None  # Ogg: no Ready
+        ws = await open_session(http, endpoint, headers, ready)
         async with ws:
-            if fmt.endswith("MessagePack"):
-                await expect_ready(ws, connect_timeout)
             start = time.monotonic()
             for word in text.split():
                 await ws.send_bytes(pack({"type": "Text", "text": word}))
