@@ -40,13 +40,19 @@ def cpu_matmul(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test under each float32 CPU matmul kernel of :mod:`dsm.nn.linear`.
 
     The default ``auto`` policy only sends weights of 2M+ elements to oneDNN, which the tiny
-    test models never reach; ``onednn`` sends every projection there, so the parity tests that
-    use this fixture also cover the kernel that the real checkpoints run on.
+    test models never reach; ``onednn`` sends every projection there (multiplying packed copies
+    of the parameters), so the parity tests that use this fixture also cover the kernel that the
+    real checkpoints run on.
     """
-    from dsm.nn.linear import set_cpu_matmul_mode
+    from dsm.nn import linear as lin
 
-    previous = set_cpu_matmul_mode(request.param)
+    previous = lin.set_cpu_matmul_mode(request.param)
+    lin.clear_packed_weights()
     try:
         yield request.param
+        if request.param == "onednn" and lin._AVAILABLE and lin.weight_packing():
+            # The models' projections are parameters: they ran on packed copies, as real ones do.
+            assert lin.packed_weight_bytes() > 0, "no projection went through a packed weight"
     finally:
-        set_cpu_matmul_mode(previous)
+        lin.set_cpu_matmul_mode(previous)
+        lin.clear_packed_weights()

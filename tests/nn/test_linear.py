@@ -1,4 +1,4 @@
-"""The float32 CPU kernel choice of :func:`dsm.nn.linear.linear`."""
+"""The CPU kernel choice and packed weights of :func:`dsm.nn.linear.linear`."""
 
 from __future__ import annotations
 
@@ -153,3 +153,56 @@ def test_packing_off_in_mkl_mode_and_for_training() -> None:
             assert torch.equal(lin.linear(x, w), F.linear(x, w))
     finally:
         lin.set_cpu_matmul_mode(previous)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 4, 16])
+def test_packed_float32_matches_unpacked(rows: int) -> None:
+    """Large float32 parameters go through a packed copy: float32 rounding away from MKL and from
+    the unpacked oneDNN product, and it holds one copy of the weight's bytes."""
+    x, w = _pair(rows, 1024, lin.MIN_WEIGHT_ELEMENTS // 1024, seed=20 + rows)
+    param = torch.nn.Parameter(w)
+    lin.clear_packed_weights()
+    previous = lin.set_cpu_matmul_mode("auto")
+    try:
+        with torch.no_grad():
+            assert lin._use_packed(x, param)
+            got = lin.linear(x, param)
+            assert lin.packed_weight_bytes() == w.numel() * 4
+            unpacked = lin.linear(x, w)  # a plain tensor: not packed
+            mkl = F.linear(x, w)
+    finally:
+        lin.set_cpu_matmul_mode(previous)
+        lin.clear_packed_weights()
+    assert got.shape == mkl.shape == (rows, 1, w.shape[0])
+    err_mkl = ((got - mkl).abs().max() / mkl.abs().max()).item()
+    err_unpacked = ((got - unpacked).abs().max() / mkl.abs().max()).item()
+    print(f"rows {rows}: packed vs MKL {err_mkl:.2e}, vs unpacked oneDNN {err_unpacked:.2e}")
+    assert err_mkl < 1e-5 and err_unpacked < 1e-5
+
+
+@needs_onednn
+def test_weight_packing_switch_frees_the_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, w = _pair(2, 64, 32, seed=5)
+    x, param = x.bfloat16(), torch.nn.Parameter(w.bfloat16())
+    previous = lin.set_weight_packing(True)
+    try:
+        with torch.no_grad():
+            packed = lin.linear(x, param)
+            assert lin.packed_weight_bytes() == param.numel() * 2
+            assert lin.set_weight_packing(False) is True
+            assert not lin.weight_packing() and lin.packed_weight_bytes() == 0
+            plain = lin.linear(x, param)
+            assert lin.packed_weight_bytes() == 0  # nothing packed while off
+            assert torch.equal(plain, F.linear(x, param))
+        assert torch.allclose(packed.float(), plain.float(), rtol=2e-2, atol=2e-2)
+    finally:
+        lin.set_weight_packing(previous)
+        lin.clear_packed_weights()
+    monkeypatch.setenv("DSM_CPU_PACK", "0")
+    assert lin._packing_from_env() is False
+    monkeypatch.setenv("DSM_CPU_PACK", "yes")
+    assert lin._packing_from_env() is True
+    monkeypatch.setenv("DSM_CPU_PACK", "maybe")
+    with pytest.raises(ValueError, match="DSM_CPU_PACK"):
+        lin._packing_from_env()

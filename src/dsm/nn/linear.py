@@ -14,12 +14,17 @@ with both dimensions at least :data:`MIN_SQUARE_DIM`: the language models' layer
 ``onednn`` (every float32 CPU projection) or ``mkl`` (always ``F.linear``: bit-identical to the
 reference).
 
-bfloat16 on CPU: ``F.linear`` already runs oneDNN, but reorders the plain ``[D_out, D_in]`` weight
-into oneDNN's blocked VNNI layout on every call, which caps a streaming step at about 17 GB/s of
-weights on one core. :func:`linear` keeps a packed copy of each bfloat16 weight (made on first use
-with ``torch.ops.mkldnn._reorder_linear_weight``, refreshed when the weight changes) and multiplies
-against it: 2.4x faster at one row, 1.4x at 16 rows, identical results. The packed copy doubles the
-memory of the projection weights; ``DSM_CPU_MATMUL=mkl`` turns it off.
+Packed weights (CPU, float32 and bfloat16): oneDNN runs fastest against a weight in its own
+blocked layout. ``F.linear`` in bfloat16 reorders the plain ``[D_out, D_in]`` weight into that
+layout on every call (which caps a streaming step at about 17 GB/s of weights on one core), and
+the float32 oneDNN product on a plain weight reads it more slowly than a blocked one. So
+:func:`linear` keeps a packed copy of each parameter (or slice of one) that it sends to oneDNN
+(made on first use with
+``torch.ops.mkldnn._reorder_linear_weight``, refreshed when the weight changes) and multiplies
+against it. One row: bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal
+the unpacked product's up to float32 summation order. The packed copies double the memory of
+the projection weights: ``DSM_CPU_PACK=0`` (or :func:`set_weight_packing`) turns packing off and
+frees them, ``DSM_CPU_MATMUL=mkl`` turns off both packing and oneDNN.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ __all__ = [
     "clear_packed_weights",
     "cpu_matmul_mode",
     "linear",
+    "packed_weight_bytes",
     "set_cpu_matmul_mode",
+    "set_weight_packing",
+    "weight_packing",
 ]
 
 # Smaller weights (Mimi's 512-wide transformer, heads) stay on MKL: the gain is small there and
@@ -66,8 +74,16 @@ def _mode_from_env() -> str:
     return mode
 
 
+def _packing_from_env() -> bool:
+    value = os.environ.get("DSM_CPU_PACK", "1").strip().lower() or "1"
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ValueError(f"DSM_CPU_PACK must be 1 (pack CPU weights, default) or 0, got {value!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 _AVAILABLE = _onednn_available()
 _mode = _mode_from_env()
+_packing = _packing_from_env()
 
 
 def cpu_matmul_mode() -> str:
@@ -81,6 +97,20 @@ def set_cpu_matmul_mode(mode: str) -> str:
     if mode not in _MODES:
         raise ValueError(f"cpu matmul mode must be one of {', '.join(_MODES)}, got {mode!r}")
     previous, _mode = _mode, mode
+    return previous
+
+
+def weight_packing() -> bool:
+    """Whether CPU projections multiply packed copies of their weights (see module docstring)."""
+    return _packing
+
+
+def set_weight_packing(enabled: bool) -> bool:
+    """Turn weight packing on or off (off frees the packed copies); returns the previous setting."""
+    global _packing
+    previous, _packing = _packing, bool(enabled)
+    if not _packing:
+        clear_packed_weights()
     return previous
 
 
@@ -101,9 +131,15 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if _mode == "mkl" or not _AVAILABLE:
+    """bfloat16 projections, and the float32 ones that go to oneDNN, multiply a packed copy."""
+    if not _packing or _mode == "mkl" or not _AVAILABLE:
         return False
-    if x.device.type != "cpu" or weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
+    if x.device.type != "cpu" or x.dtype != weight.dtype:
+        return False
+    if weight.dtype == torch.float32:
+        if not _use_onednn(x, weight):
+            return False
+    elif weight.dtype != torch.bfloat16:
         return False
     if weight.dim() != 2 or weight.layout != torch.strided or not weight.is_contiguous():
         return False
@@ -131,6 +167,9 @@ class _BasePacks(NamedTuple):
 
 
 _PACKED: dict[int, _BasePacks] = {}
+# Row count oneDNN picks the blocked layout for. Any value from 4 up gives float32 its fast layout
+# for 1 to 1024 rows (1 gives the plain layout's speed); bfloat16 gets the same layout for all.
+_PACK_ROWS = 16
 
 
 def _drop_packed(key: int) -> None:
@@ -147,20 +186,29 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     key = (weight.data_ptr(), tuple(weight.shape))
     entry = entries.packs.get(key)
     if entry is None or entry.version != weight._version:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS)
         entry = entries.packs[key] = _Packed(weight._version, packed)
     return entry.weight
 
 
 def clear_packed_weights() -> None:
-    """Forget every packed bfloat16 weight (they are rebuilt on next use)."""
+    """Forget every packed weight (they are rebuilt on next use while packing is on)."""
     _PACKED.clear()
+
+
+def packed_weight_bytes() -> int:
+    """Bytes of weight data held in packed copies (the memory that ``DSM_CPU_PACK=0`` saves)."""
+    return sum(
+        pack.weight.numel() * pack.weight.element_size()
+        for entries in _PACKED.values()
+        for pack in entries.packs.values()
+    )
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., D_in] @ weight[D_out, D_in]^T (+ bias)``, like ``F.linear``."""
-    if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if _use_packed(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(weight), bias, "none", [], "")
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
