@@ -126,3 +126,22 @@ def test_eval_on_a_local_manifest(
     assert rows[0]["hyp"] == rows[1]["hyp"]  # same audio, same transcript
     assert summary["n_utterances"] == 2 and summary["corpus_wer"] > 0
     assert "WER" in capsys.readouterr().out.upper()
+
+
+def test_no_pack_weights_turns_packing_off(
+    stt_dir: Path, wav: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dsm.nn import linear as lin
+
+    path, _ = wav
+    base = ["transcribe", str(path), "--model", str(stt_dir), "--device", "cpu"]
+    previous = lin.set_weight_packing(True)
+    try:
+        assert main(base) == 0
+        packed = capsys.readouterr().out
+        assert lin.weight_packing()
+        assert main([*base, "--no-pack-weights"]) == 0
+        assert not lin.weight_packing() and lin.packed_weight_bytes() == 0
+        assert capsys.readouterr().out == packed
+    finally:
+        lin.set_weight_packing(previous)

@@ -31,6 +31,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument("--lm-weights", default=None, help="use this LM .safetensors instead")
     group.add_argument("--mimi-weights", default=None, help="use this Mimi .safetensors instead")
     group.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead")
+    group.add_argument(
+        "--no-pack-weights",
+        action="store_true",
+        help="CPU: do not keep a oneDNN-packed copy of each LM projection weight (saves that "
+        "much memory, about the LM's size; the LM step gets slower). Same as DSM_CPU_PACK=0",
+    )
 
 
 def load_model(
@@ -38,6 +44,10 @@ def load_model(
 ) -> Any:
     """``loader(args.model, ...)`` with the model options; a missing checkpoint error ends
     with how to run ``usage`` on a local copy."""
+    if getattr(args, "no_pack_weights", False):
+        from dsm.nn.linear import set_weight_packing
+
+        set_weight_packing(False)
     dtype = None
     if args.dtype is not None:
         import torch
