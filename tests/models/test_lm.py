@@ -355,6 +355,41 @@ def test_depformer_step_checks_its_stream(tts: Pair) -> None:
         lm.depformer_step(1, hidden, token)
 
 
+def test_real_width_float32_packed_projections_match_reference() -> None:
+    """At the published width (here D=1024, one layer) the default ``auto`` policy sends every
+    float32 projection to oneDNN through packed weights: teacher-forced and streaming text
+    logits stay within float32 rounding of the reference (which multiplies with MKL)."""
+    from dsm.models.lm_loading import load_lm_state
+    from dsm.nn import linear as lin
+
+    raw = dict(STT_LIKE, dim=1024, num_heads=8, num_layers=1, n_q=4, delays=[0] * 5)
+    ref = make_reference_lm(raw, seed=5)
+    lm = LMModel(parse_config(raw).lm, device="meta")
+    load_lm_state(lm, ref.state_dict()).eval()
+    B, T = 2, 11
+    inputs = _step_inputs(lm, _codes(lm, B, T, seed=8))
+    with _no_compile():
+        _, want = ref.forward_text(inputs)
+    want = want[:, 0]
+    previous = lin.set_cpu_matmul_mode("auto")
+    lin.clear_packed_weights()
+    try:
+        offline = lm.forward_text(inputs)[0]
+        with streaming(lm, B):
+            steps = [lm.forward_text(inputs[:, :, s : s + 1])[0] for s in range(T)]
+        packed = lin.packed_weight_bytes()
+    finally:
+        lin.set_cpu_matmul_mode(previous)
+        lin.clear_packed_weights()
+    if lin._AVAILABLE and lin.weight_packing():
+        # in_proj, out_proj, linear_in, linear_out: every projection of the layer is packed.
+        layer = sum(p.numel() for n, p in lm.transformer.named_parameters() if "norm" not in n)
+        assert packed >= 4 * layer
+    offline_err, stream_err = _rel(offline, want), _rel(torch.cat(steps, dim=1), want)
+    print(f"D=1024 packed float32: teacher-forced {offline_err:.2e}, streaming {stream_err:.2e}")
+    assert offline_err < PARITY_RTOL and stream_err < PARITY_RTOL
+
+
 def test_bfloat16_packed_weights_on_cpu(stt: Pair) -> None:
     """bfloat16 on CPU runs the packed-weight projections: the streaming logits stay as close to
     the float32 model's as with plain ``F.linear`` (``mkl`` mode), and within bfloat16 rounding."""
