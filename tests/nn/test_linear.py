@@ -206,3 +206,33 @@ def test_weight_packing_switch_frees_the_copies(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DSM_CPU_PACK", "maybe")
     with pytest.raises(ValueError, match="DSM_CPU_PACK"):
         lin._packing_from_env()
+
+
+@needs_onednn
+def test_packing_turns_itself_off_when_memory_is_short(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pack that would leave too little memory is not made: packing goes off for the process,
+    the packs already made are freed, and the product runs on the plain weight."""
+    g = torch.Generator().manual_seed(6)
+    first = torch.nn.Parameter(torch.randn(64, 32, generator=g).bfloat16())
+    second = torch.nn.Parameter(torch.randn(64, 32, generator=g).bfloat16())
+    x = torch.randn(2, 32, generator=g).bfloat16()
+    if lin._meminfo():  # Linux: the real figures parse
+        assert lin._meminfo()["MemTotal"] > lin._meminfo()["MemAvailable"] > 0
+    previous = lin.set_weight_packing(True)
+    try:
+        with torch.no_grad():
+            lin.linear(x, first)
+            assert lin.packed_weight_bytes() == first.numel() * 2
+            gib = 1 << 30
+            monkeypatch.setattr(lin, "_meminfo", lambda: {"MemTotal": 8 * gib, "MemAvailable": gib})
+            with caplog.at_level("WARNING", logger="dsm.nn.linear"):
+                out = lin.linear(x, second)
+            assert torch.equal(out, F.linear(x, second))
+            assert not lin.weight_packing() and lin.packed_weight_bytes() == 0
+            assert "weight packing is off" in caplog.text and "DSM_CPU_PACK=0" in caplog.text
+            assert torch.equal(lin.linear(x, first), F.linear(x, first))  # stays unpacked
+    finally:
+        lin.set_weight_packing(previous)
+        lin.clear_packed_weights()

@@ -24,11 +24,14 @@ the float32 oneDNN product on a plain weight reads it more slowly than a blocked
 against it. One row: bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal
 the unpacked product's up to float32 summation order. The packed copies double the memory of
 the projection weights: ``DSM_CPU_PACK=0`` (or :func:`set_weight_packing`) turns packing off and
-frees them, ``DSM_CPU_MATMUL=mkl`` turns off both packing and oneDNN.
+frees them, ``DSM_CPU_MATMUL=mkl`` turns off both packing and oneDNN. Packing also switches itself
+off, with a warning, when a new pack would leave less than :data:`MIN_FREE_BYTES` (or an eighth of
+the machine's memory) available.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import weakref
@@ -37,7 +40,10 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
+    "MIN_FREE_BYTES",
     "MIN_SQUARE_DIM",
     "MIN_WEIGHT_ELEMENTS",
     "clear_packed_weights",
@@ -170,13 +176,56 @@ _PACKED: dict[int, _BasePacks] = {}
 # Row count oneDNN picks the blocked layout for. Any value from 4 up gives float32 its fast layout
 # for 1 to 1024 rows (1 gives the plain layout's speed); bfloat16 gets the same layout for all.
 _PACK_ROWS = 16
+# A pack is only made while the memory still available afterwards stays above this many bytes
+# and above MemTotal / 8. Below that, packing is switched off for the process (packs freed), so
+# the speed-up never costs an out-of-memory kill.
+MIN_FREE_BYTES = 1 << 30
+
+
+def _meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return out
+
+
+def _room_for(nbytes: int) -> bool:
+    """Whether ``nbytes`` more leave enough memory available (always True without meminfo)."""
+    info = _meminfo()
+    if "MemAvailable" not in info:
+        return True
+    reserve = max(MIN_FREE_BYTES, info.get("MemTotal", 0) // 8)
+    if info["MemAvailable"] - nbytes >= reserve:
+        return True
+    global _packing
+    _packing = False
+    held = packed_weight_bytes()
+    clear_packed_weights()
+    _log.warning(
+        "dsm: only %.1f GB of memory available: CPU weight packing is off for this process "
+        "(%.1f GB of packs freed; projections run on the plain weights, slower). Set "
+        "DSM_CPU_PACK=0 (or --no-pack-weights) to skip packing from the start.",
+        info["MemAvailable"] / 1e9,
+        held / 1e9,
+    )
+    return False
 
 
 def _drop_packed(key: int) -> None:
     _PACKED.pop(key, None)
 
 
-def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
+def _packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """The packed copy of ``weight``, made or refreshed if needed; None when memory is short."""
     base = weight._base if weight._base is not None else weight
     entries = _PACKED.get(id(base))
     if entries is None:
@@ -186,6 +235,8 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     key = (weight.data_ptr(), tuple(weight.shape))
     entry = entries.packs.get(key)
     if entry is None or entry.version != weight._version:
+        if entry is None and not _room_for(weight.numel() * weight.element_size()):
+            return None
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS)
         entry = entries.packs[key] = _Packed(weight._version, packed)
     return entry.weight
@@ -208,7 +259,9 @@ def packed_weight_bytes() -> int:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., D_in] @ weight[D_out, D_in]^T (+ bias)``, like ``F.linear``."""
     if _use_packed(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(weight), bias, "none", [], "")
+        packed = _packed_weight(weight)
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     if _use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
