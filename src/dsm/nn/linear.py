@@ -26,7 +26,7 @@ the unpacked product's up to float32 summation order. The packed copies double t
 the projection weights: ``DSM_CPU_PACK=0`` (or :func:`set_weight_packing`) turns packing off and
 frees them, ``DSM_CPU_MATMUL=mkl`` turns off both packing and oneDNN. Packing also switches itself
 off, with a warning, when a new pack would leave less than :data:`MIN_FREE_BYTES` (or an eighth of
-the machine's memory) available.
+the memory of the machine, or of its container's cgroup limit) available.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
+
+from .host_memory import host_memory
 
 _log = logging.getLogger(__name__)
 
@@ -177,34 +179,16 @@ _PACKED: dict[int, _BasePacks] = {}
 # for 1 to 1024 rows (1 gives the plain layout's speed); bfloat16 gets the same layout for all.
 _PACK_ROWS = 16
 # A pack is only made while the memory still available afterwards stays above this many bytes
-# and above MemTotal / 8. Below that, packing is switched off for the process (packs freed), so
-# the speed-up never costs an out-of-memory kill.
+# and above an eighth of the total (the machine's or the container's, see
+# :mod:`dsm.nn.host_memory`). Below that, packing is switched off for the process (packs freed),
+# so the speed-up does not push the process out of memory.
 MIN_FREE_BYTES = 1 << 30
 
 
-def _meminfo() -> dict[str, int]:
-    """``/proc/meminfo`` in bytes (empty where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for line in lines:
-        name, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
-    return out
-
-
 def _room_for(nbytes: int) -> bool:
-    """Whether ``nbytes`` more leave enough memory available (always True without meminfo)."""
-    info = _meminfo()
-    if "MemAvailable" not in info:
-        return True
-    reserve = max(MIN_FREE_BYTES, info.get("MemTotal", 0) // 8)
-    if info["MemAvailable"] - nbytes >= reserve:
+    """Whether ``nbytes`` more leave enough memory available (always True where unknown)."""
+    memory = host_memory()
+    if memory is None or memory.available - nbytes >= max(MIN_FREE_BYTES, memory.total // 8):
         return True
     global _packing
     _packing = False
@@ -214,7 +198,7 @@ def _room_for(nbytes: int) -> bool:
         "dsm: only %.1f GB of memory available: CPU weight packing is off for this process "
         "(%.1f GB of packs freed; projections run on the plain weights, slower). Set "
         "DSM_CPU_PACK=0 (or --no-pack-weights) to skip packing from the start.",
-        info["MemAvailable"] / 1e9,
+        memory.available / 1e9,
         held / 1e9,
     )
     return False
