@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from dsm.nn import packed_weight_bytes, set_cpu_kernels
+from dsm.nn.linear import ONEDNN_AVAILABLE, cpu_kernels_from_env
+from tests.helpers.cpu_kernels import CpuMatmul
 from tests.helpers.reference_stt import (
     ReferenceStt,
     make_reference_stt_dir,
@@ -36,23 +39,23 @@ def stt_dir(ref_stt: ReferenceStt) -> Path:
 
 
 @pytest.fixture(params=["mkl", "onednn"])
-def cpu_matmul(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run a test under each float32 CPU matmul kernel of :mod:`dsm.nn.linear`.
+def cpu_matmul(request: pytest.FixtureRequest) -> Iterator[CpuMatmul]:
+    """Run a test under each float32 CPU matmul kernel of :mod:`dsm.nn.linear`; the test calls
+    the fixture on the models it runs (``cpu_matmul(lm)``).
 
     The default ``auto`` policy only sends weights of 2M+ elements to oneDNN, which the tiny
     test models never reach; ``onednn`` sends every projection there (multiplying packed copies
     of the parameters), so the parity tests that use this fixture also cover the kernel that the
     real checkpoints run on.
     """
-    from dsm.nn import linear as lin
-
-    previous = lin.set_cpu_matmul_mode(request.param)
-    lin.clear_packed_weights()
+    kernels = CpuMatmul(request.param)
     try:
-        yield request.param
-        if request.param == "onednn" and lin._AVAILABLE and lin.weight_packing():
+        yield kernels
+        assert kernels.models, "the test did not set its models' kernels"
+        if request.param == "onednn" and ONEDNN_AVAILABLE and cpu_kernels_from_env()[1]:
             # The models' projections are parameters: they ran on packed copies, as real ones do.
-            assert lin.packed_weight_bytes() > 0, "no projection went through a packed weight"
+            packed = sum(packed_weight_bytes(m) for m in kernels.models)
+            assert packed > 0, "no projection went through a packed weight"
     finally:
-        lin.set_cpu_matmul_mode(previous)
-        lin.clear_packed_weights()
+        for model in kernels.models:
+            set_cpu_kernels(model)  # back to the loaders' default

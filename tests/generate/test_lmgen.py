@@ -25,6 +25,7 @@ moshi_sampling = pytest.importorskip("moshi.utils.sampling")
 no_compile = pytest.importorskip("moshi.utils.compile").no_compile
 
 from tests.generate.pairs import ModelPair, build_pair  # noqa: E402
+from tests.helpers.cpu_kernels import CpuMatmul  # noqa: E402
 
 CONFIGS = ["stt", "stt0", "tts", "tiny"]
 STEPS = 210
@@ -202,11 +203,12 @@ def test_slot_sampler_equals_reference_with_same_noise(temp: float, top_k: int) 
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_staggered_slots_match_fresh_reference_runs(config: str, cpu_matmul: str) -> None:
+def test_staggered_slots_match_fresh_reference_runs(config: str, cpu_matmul: CpuMatmul) -> None:
     """B=3 slots started (reset) at different steps each equal their own fresh reference run,
     over STEPS steps past the attention window; slots also run other inputs (and conditions)
     before their start."""
     pair = build_pair(config)
+    cpu_matmul(pair.dsm)
     slots, got, valid = run_staggered(pair, [0, 7, 23], STEPS)
     for i, s in enumerate(slots):
         ref = run_reference(pair, s.codes, len(got[i]), rows=[i])

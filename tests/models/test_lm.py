@@ -29,6 +29,7 @@ from dsm.lm import load_lm, load_lm_from_files
 from dsm.models.lm import LMModel
 from dsm.models.lm_loading import fuse_split_projections
 from dsm.nn.streaming import streaming
+from tests.helpers.cpu_kernels import CpuMatmul
 from tests.helpers.reference_lm import (
     STT_LIKE,
     TINY,
@@ -148,7 +149,8 @@ def test_tiny_matches_upstream_assets() -> None:
     assert text_err < 1e-5 and audio_err < 1e-5
 
 
-def test_tiny_random_matches_reference(tiny: Pair, cpu_matmul: str) -> None:
+def test_tiny_random_matches_reference(tiny: Pair, cpu_matmul: CpuMatmul) -> None:
+    cpu_matmul(tiny.lm)
     codes = _codes(tiny.lm, 2, 9, seed=0)
     with _no_compile():
         ref = tiny.ref(codes)
@@ -160,8 +162,9 @@ def test_tiny_random_matches_reference(tiny: Pair, cpu_matmul: str) -> None:
     assert text_err < PARITY_RTOL and audio_err < PARITY_RTOL
 
 
-def test_stt_like_matches_reference(stt: Pair, cpu_matmul: str) -> None:
+def test_stt_like_matches_reference(stt: Pair, cpu_matmul: CpuMatmul) -> None:
     """dep_q = 0: the reference's forward() fails, so compare its forward_text (one-step shift)."""
+    cpu_matmul(stt.lm)
     lm = stt.lm
     B, T = 2, 13
     codes = _codes(lm, B, T, seed=1)
@@ -181,7 +184,8 @@ def test_stt_like_matches_reference(stt: Pair, cpu_matmul: str) -> None:
     assert text_err < PARITY_RTOL and probs_err < PARITY_RTOL
 
 
-def test_tts_like_matches_reference_with_conditions(tts: Pair, cpu_matmul: str) -> None:
+def test_tts_like_matches_reference_with_conditions(tts: Pair, cpu_matmul: CpuMatmul) -> None:
+    cpu_matmul(tts.lm)
     lm, B, T = tts.lm, 3, 10
     codes = _codes(lm, B, T, seed=2, demux=True)
     text, tensors = _tts_inputs(B)
@@ -361,6 +365,7 @@ def test_real_width_float32_packed_projections_match_reference() -> None:
     logits stay within float32 rounding of the reference (which multiplies with MKL)."""
     from dsm.models.lm_loading import load_lm_state
     from dsm.nn import linear as lin
+    from dsm.nn import packed_weight_bytes, set_cpu_kernels
 
     raw = dict(STT_LIKE, dim=1024, num_heads=8, num_layers=1, n_q=4, delays=[0] * 5)
     ref = make_reference_lm(raw, seed=5)
@@ -371,17 +376,12 @@ def test_real_width_float32_packed_projections_match_reference() -> None:
     with _no_compile():
         _, want = ref.forward_text(inputs)
     want = want[:, 0]
-    previous = lin.set_cpu_matmul_mode("auto")
-    lin.clear_packed_weights()
-    try:
-        offline = lm.forward_text(inputs)[0]
-        with streaming(lm, B):
-            steps = [lm.forward_text(inputs[:, :, s : s + 1])[0] for s in range(T)]
-        packed = lin.packed_weight_bytes()
-    finally:
-        lin.set_cpu_matmul_mode(previous)
-        lin.clear_packed_weights()
-    if lin._AVAILABLE and lin.weight_packing():
+    kernels = set_cpu_kernels(lm, "auto")
+    offline = lm.forward_text(inputs)[0]
+    with streaming(lm, B):
+        steps = [lm.forward_text(inputs[:, :, s : s + 1])[0] for s in range(T)]
+    packed = packed_weight_bytes(lm)
+    if lin.ONEDNN_AVAILABLE and kernels.pack:
         # in_proj, out_proj, linear_in, linear_out: every projection of the layer is packed.
         layer = sum(p.numel() for n, p in lm.transformer.named_parameters() if "norm" not in n)
         assert packed >= 4 * layer
@@ -394,9 +394,11 @@ def test_bfloat16_packed_weights_on_cpu(stt: Pair) -> None:
     """bfloat16 on CPU runs the packed-weight projections: the streaming logits stay as close to
     the float32 model's as with plain ``F.linear`` (``mkl`` mode), and within bfloat16 rounding."""
     from dsm.nn import linear as lin
+    from dsm.nn import packed_weight_bytes, set_cpu_kernels
 
     B, T = 2, 13
     lm16 = load_lm(stt.dir, dtype=torch.bfloat16)
+    set_cpu_kernels(lm16, "auto", pack=True)
     codes = _codes(stt.lm, B, T, seed=7)
     inputs = _step_inputs(lm16, _delayed(lm16, codes))
     want = stt.lm(codes).text_logits[:, 0]
@@ -409,14 +411,11 @@ def test_bfloat16_packed_weights_on_cpu(stt: Pair) -> None:
         return torch.cat(steps, dim=1)
 
     packed = run()
-    if lin._AVAILABLE:
-        assert lin._PACKED, "no bfloat16 projection went through the packed path"
-    previous = lin.set_cpu_matmul_mode("mkl")
-    try:
-        plain = run()
-    finally:
-        lin.set_cpu_matmul_mode(previous)
-        lin.clear_packed_weights()
+    if lin.ONEDNN_AVAILABLE:
+        assert packed_weight_bytes(lm16), "no bfloat16 projection went through the packed path"
+    set_cpu_kernels(lm16, "mkl")
+    assert packed_weight_bytes(lm16) == 0
+    plain = run()
     err_packed, err_plain = _rel(packed, want), _rel(plain, want)
     print(f"bf16 vs f32 text logits: packed {err_packed:.2e}, F.linear {err_plain:.2e}")
     assert err_packed < 5e-2

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dsm
+from tests.helpers.cpu_kernels import CpuMatmul
 from tests.helpers.reference_mimi import speech_like
 from tests.helpers.reference_stt import ReferenceStt, reference_transcribe
 
@@ -23,8 +24,9 @@ def stt(stt_dir: Path) -> dsm.SpeechToText:
 
 
 def test_single_input_equals_reference(
-    stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: str
+    stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: CpuMatmul
 ) -> None:
+    cpu_matmul(stt.lm, stt.codec.model)
     pcm = _audio(2.0, seed=1)  # 25 frames + 1.5 s of padding: well past the 12-step context
     ref_text, ref_tokens = reference_transcribe(ref_stt, pcm)
     result = stt.transcribe(pcm, sample_rate=24000)
@@ -34,7 +36,10 @@ def test_single_input_equals_reference(
     print(f"reference tokens: {len(ref_tokens)}, text: {ref_text!r}")
 
 
-def test_batch_equals_single(stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: str) -> None:
+def test_batch_equals_single(
+    stt: dsm.SpeechToText, ref_stt: ReferenceStt, cpu_matmul: CpuMatmul
+) -> None:
+    cpu_matmul(stt.lm, stt.codec.model)
     inputs = [_audio(s, seed=i) for i, s in enumerate((1.2, 2.6, 0.5, 1.9, 0.9))]
     singles = [stt.transcribe(x, sample_rate=24000).text for x in inputs]
     batched = stt.transcribe_many(inputs, batch_size=2, sample_rate=24000, progress=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import dsm
 from dsm.cli import main
@@ -129,19 +130,30 @@ def test_eval_on_a_local_manifest(
 
 
 def test_no_pack_weights_turns_packing_off(
-    stt_dir: Path, wav: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    stt_dir: Path,
+    wav: tuple[Path, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from dsm.models import lm_loading
     from dsm.nn import linear as lin
 
+    loaded: list[tuple[torch.nn.Module, lin.CpuKernels]] = []
+
+    def record(model: torch.nn.Module) -> lin.CpuKernels:
+        loaded.append((model, lin.set_cpu_kernels(model)))
+        return loaded[-1][1]
+
+    monkeypatch.setattr(lm_loading, "set_cpu_kernels", record)
     path, _ = wav
     base = ["transcribe", str(path), "--model", str(stt_dir), "--device", "cpu"]
-    previous = lin.set_weight_packing(True)
-    try:
-        assert main(base) == 0
-        packed = capsys.readouterr().out
-        assert lin.weight_packing()
-        assert main([*base, "--no-pack-weights"]) == 0
-        assert not lin.weight_packing() and lin.packed_weight_bytes() == 0
-        assert capsys.readouterr().out == packed
-    finally:
-        lin.set_weight_packing(previous)
+    monkeypatch.setenv("DSM_CPU_PACK", "1")
+    assert main(base) == 0
+    packed = capsys.readouterr().out
+    model, kernels = loaded[-1]
+    assert kernels.pack
+    assert main([*base, "--no-pack-weights"]) == 0
+    model, kernels = loaded[-1]
+    assert not kernels.pack
+    assert lin.packed_weight_bytes(model) == 0
+    assert capsys.readouterr().out == packed

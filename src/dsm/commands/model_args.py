@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +35,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument(
         "--no-pack-weights",
         action="store_true",
-        help="CPU: do not keep a oneDNN-packed copy of each LM projection weight (saves that "
-        "much memory, about the LM's size; the LM step gets slower). Same as DSM_CPU_PACK=0",
+        help="CPU: do not pack the LM projection weights into oneDNN's layout (packed weights "
+        "replace the plain ones; the LM step gets slower). Same as DSM_CPU_PACK=0",
     )
 
 
@@ -45,9 +46,7 @@ def load_model(
     """``loader(args.model, ...)`` with the model options; a missing checkpoint error ends
     with how to run ``usage`` on a local copy."""
     if getattr(args, "no_pack_weights", False):
-        from dsm.nn.linear import set_weight_packing
-
-        set_weight_packing(False)
+        os.environ["DSM_CPU_PACK"] = "0"  # read by the LM loader (dsm.nn.set_cpu_kernels)
     dtype = None
     if args.dtype is not None:
         import torch

@@ -31,6 +31,7 @@ from torch import nn
 from dsm.checkpoint.config import ConditionerConfig, FuserConfig
 from dsm.errors import ConfigError
 from dsm.models.embeddings import sinusoidal_embedding
+from dsm.nn.linear import Linear
 
 __all__ = [
     "ConditionProvider",
@@ -96,12 +97,12 @@ class _Conditioner(nn.Module):
         super().__init__()
         self.dim = dim
         self.output_dim = output_dim
-        self.output_proj = nn.Linear(dim, output_dim, bias=False)
+        self.output_proj = Linear(dim, output_dim, bias=False)
         self.learnt_padding = nn.Parameter(torch.zeros(1, 1, output_dim))
 
     def _finish(self, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``cond [B, T, dim]``, ``mask [B, T]`` -> ``[B, T, D]`` float32."""
-        out = self.output_proj(cond.to(self.output_proj.weight.dtype))
+        out = self.output_proj(cond.to(next(self.output_proj.parameters()).dtype))
         return torch.where(mask.unsqueeze(-1), out, self.learnt_padding.to(out.dtype))
 
 
@@ -163,7 +164,7 @@ class TensorConditioner(_Conditioner):
                 f"condition {self.name!r}: mask shape {tuple(mask.shape)} does not match "
                 f"tensor shape {tuple(tensor.shape[:2])}"
             )
-        device = self.output_proj.weight.device
+        device = self.learnt_padding.device
         return self._finish(tensor.to(device), mask.to(device=device, dtype=torch.bool))
 
 

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dsm.nn.linear import Linear
+
 __all__ = ["ZERO_TOKEN_ID", "TokenEmbedding", "demux_tokens", "mux_tokens", "sinusoidal_embedding"]
 
 # Token id whose embedding is exactly zero: "no input on this stream at this step".
@@ -73,14 +75,14 @@ class TokenEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_embeddings, table_dim))
         nn.init.normal_(self.weight, std=table_dim**-0.5)
         self.norm: nn.LayerNorm | None = nn.LayerNorm(table_dim, eps=1e-5) if norm else None
-        self.low_rank: nn.Linear | None = None
+        self.low_rank: Linear | None = None
         if low_rank is not None:
-            self.low_rank = nn.Linear(low_rank, dim, bias=False)
-        self.out1: nn.Linear | None = None
-        self.out2: nn.Linear | None = None
+            self.low_rank = Linear(low_rank, dim, bias=False)
+        self.out1: Linear | None = None
+        self.out2: Linear | None = None
         if demux:
-            self.out1 = nn.Linear(table_dim, dim, bias=False)
-            self.out2 = nn.Linear(table_dim, dim, bias=False)
+            self.out1 = Linear(table_dim, dim, bias=False)
+            self.out2 = Linear(table_dim, dim, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [...]`` (ids in ``[-1, num_embeddings)`` or muxed pairs) -> ``[..., dim]``."""
@@ -88,8 +90,8 @@ class TokenEmbedding(nn.Module):
         safe = tokens.clamp(min=0)
         if self.out1 is not None and self.out2 is not None:
             main, second = demux_tokens(safe, self.num_embeddings)
-            y = F.linear(F.embedding(main, self.weight), self.out1.weight)
-            y2 = F.linear(F.embedding(second.clamp(min=0), self.weight), self.out2.weight)
+            y = self.out1(F.embedding(main, self.weight))
+            y2 = self.out2(F.embedding(second.clamp(min=0), self.weight))
             y = y + y2.masked_fill((second < 0).unsqueeze(-1), 0.0)
             return y.masked_fill(is_zero, 0.0)
         y = F.embedding(safe, self.weight)
@@ -97,7 +99,7 @@ class TokenEmbedding(nn.Module):
             y = self.norm(y)
         y = y.masked_fill(is_zero, 0.0)
         if self.low_rank is not None:
-            y = F.linear(y, self.low_rank.weight)
+            y = self.low_rank(y)
         return y
 
     def extra_repr(self) -> str:

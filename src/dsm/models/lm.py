@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ from dsm.models.conditioners import (
 )
 from dsm.models.embeddings import ZERO_TOKEN_ID, TokenEmbedding, sinusoidal_embedding
 from dsm.nn.kv_cache import RingPositions, StepPositions
-from dsm.nn.linear import linear
+from dsm.nn.linear import Linear
 from dsm.nn.norms import make_norm
 from dsm.nn.transformer import StreamingTransformer, TransformerState
 
@@ -133,7 +132,7 @@ class LMModel(nn.Module):
             kv_repeat=c.kv_repeat,
         )
         self.out_norm = make_norm(c.norm, D)
-        self.text_linear = nn.Linear(D, c.text_out_card, bias=c.bias_proj)
+        self.text_linear = Linear(D, c.text_out_card, bias=c.bias_proj)
 
         ddim = c.depformer_dim
         schedule = c.depformer_weights_per_step_schedule
@@ -141,7 +140,7 @@ class LMModel(nn.Module):
         if c.depformer_multi_linear:
             num_in = max(schedule) + 1 if schedule else c.dep_q
         # Built even without a depformer (dep_q = 0): the reference does, so checkpoints have it.
-        self.depformer_in = nn.ModuleList([nn.Linear(D, ddim, bias=False) for _ in range(num_in)])
+        self.depformer_in = nn.ModuleList([Linear(D, ddim, bias=False) for _ in range(num_in)])
         self.depformer_emb = nn.ModuleList()
         self.depformer_text_emb: TokenEmbedding | None = None
         self.depformer_norms = nn.ModuleList()
@@ -193,10 +192,10 @@ class LMModel(nn.Module):
             # The depformer runs its own stream inside each frame.
             self.depformer.streaming_detached = True
         self.extra_heads = nn.ModuleList(
-            [nn.Linear(D, c.extra_heads_dim, bias=False) for _ in range(c.extra_heads_num_heads)]
+            [Linear(D, c.extra_heads_dim, bias=False) for _ in range(c.extra_heads_num_heads)]
         )
         self.linears = nn.ModuleList(
-            [nn.Linear(ddim, c.card, bias=c.bias_proj) for _ in range(c.dep_q)]
+            [Linear(ddim, c.card, bias=c.bias_proj) for _ in range(c.dep_q)]
         )
 
     # -- ids and sizes ------------------------------------------------------------------------
@@ -351,7 +350,7 @@ class LMModel(nn.Module):
             x = x + self._sin(self.transformer, x, self.config.max_period)
         h = self.transformer(x, cross_src=cross_src)
         h = self.out_norm(h)
-        return linear(h, self.text_linear.weight, self.text_linear.bias), h
+        return self.text_linear(h), h
 
     def extra_heads_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Softmax of every extra head: ``hidden [B, T, D]`` -> ``[B, T, n_heads, dim]``.
@@ -390,8 +389,7 @@ class LMModel(nn.Module):
         for step in range(self.dep_q if steps is None else steps):
             index = self._depformer_in_index(step)
             if index not in done:
-                proj = cast(nn.Linear, self.depformer_in[index])
-                done[index] = linear(hidden, proj.weight)
+                done[index] = self.depformer_in[index](hidden)
             inputs.append(done[index])
         return inputs
 
@@ -430,14 +428,12 @@ class LMModel(nn.Module):
                 "requested; reset the depformer stream at every frame and call steps in order"
             )
         if projected is None:
-            proj = cast(nn.Linear, self.depformer_in[self._depformer_in_index(step)])
-            projected = linear(hidden, proj.weight)
+            projected = self.depformer_in[self._depformer_in_index(step)](hidden)
         x = (projected + self._depformer_token_emb(step, prev_token)).unsqueeze(1)  # [B, 1, ddim]
         if self._dep_sin:
             x = x + self._sin(dep, x, self._dep_max_period)
         y = dep(x)
-        head = cast(nn.Linear, self.linears[step])
-        return linear(self.depformer_norms[step](y[:, 0]), head.weight, head.bias)
+        return self.linears[step](self.depformer_norms[step](y[:, 0]))
 
     def forward_depformer_training(
         self, tokens: torch.Tensor, hidden: torch.Tensor

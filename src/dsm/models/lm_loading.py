@@ -23,6 +23,7 @@ import torch
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
 from dsm.errors import CheckpointError, ConfigError, WeightsError
 from dsm.models.lm import LMModel
+from dsm.nn.linear import set_cpu_kernels
 
 __all__ = [
     "FLOAT32_PREFIXES",
@@ -140,8 +141,11 @@ def load_lm_state(
     """Strictly load ``state`` (published or reference layout) into ``model`` with assign.
 
     Tensors are cast with :func:`target_dtype` and moved to ``device``; ``model`` may live on
-    the ``meta`` device. Raises :class:`WeightsError` listing every bad key.
+    the ``meta`` device. Raises :class:`WeightsError` listing every bad key. The projections'
+    CPU kernels are then set from ``DSM_CPU_MATMUL`` / ``DSM_CPU_PACK``
+    (:func:`dsm.nn.set_cpu_kernels`; an invalid value is a ``ValueError`` here).
     """
+    set_cpu_kernels(model)  # read the environment before any work: a bad value fails fast
     state = fuse_split_projections(state)
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     found = {key: tuple(t.shape) for key, t in state.items()}

@@ -3,7 +3,9 @@
 Parameter names follow the published checkpoints: ``in_proj_weight`` holds the fused bias-free
 q|k|v projection of every weight set, ``[mult * (D + 2 * D_kv), D]``, with the ``(p h d)`` head
 split; ``out_proj.weight`` is ``[mult * D, D]``. ``mult`` is the number of weight sets (1, or
-the depformer's per-step sets).
+the depformer's per-step sets). Both are :class:`~dsm.nn.linear.Linear` modules (``in_proj``,
+``out_proj``) whose row blocks are the weight sets; ``in_proj``'s weight is saved and loaded
+under the checkpoint's ``in_proj_weight`` key.
 
 Neither module owns streaming state: the transformer hands each call an
 :class:`~dsm.nn.kv_cache.AttentionPlan` (positions, mask, where to write) and the layer's
@@ -12,58 +14,34 @@ Neither module owns streaming state: the transformer hands each call an
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .kv_cache import AttentionPlan, KVCache
-from .linear import linear
+from .linear import Linear, StackedLinear
 from .rope import apply_rope
 
-__all__ = ["CrossAttention", "StackedLinear", "StreamingMultiheadAttention"]
+__all__ = ["CrossAttention", "StreamingMultiheadAttention"]
 
 
-def _init_uniform(weight: torch.Tensor, fan_in: int) -> None:
-    bound = 1.0 / math.sqrt(fan_in)
-    nn.init.uniform_(weight, -bound, bound)
+def _fused_in_proj(module: nn.Module, proj: Linear) -> None:
+    """Attach ``proj`` as ``module.in_proj``, stored as ``in_proj_weight`` (the checkpoint key)
+    in ``state_dict`` and read back from that key by ``load_state_dict``."""
+    module.in_proj = proj
 
+    def save(_: nn.Module, state: dict[str, Any], prefix: str, __: Any) -> None:
+        if prefix + "in_proj.weight" in state:
+            state[prefix + "in_proj_weight"] = state.pop(prefix + "in_proj.weight")
 
-class StackedLinear(nn.Module):
-    """``mult`` bias-free linears ``D_in -> D_out`` in one ``weight [mult * D_out, D_in]``."""
+    def load(state: dict[str, Any], prefix: str, *_: Any) -> None:
+        if prefix + "in_proj_weight" in state:
+            state[prefix + "in_proj.weight"] = state.pop(prefix + "in_proj_weight")
 
-    def __init__(self, in_features: int, out_features: int, mult: int = 1) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.mult = mult
-        self.weight = nn.Parameter(torch.empty(mult * out_features, in_features))
-        _init_uniform(self.weight, in_features)
-
-    def weight_set(self, index: int) -> torch.Tensor:
-        """``[D_out, D_in]`` view of weight set ``index`` (no copy)."""
-        n = self.out_features
-        return self.weight[index * n : (index + 1) * n]
-
-    def forward(self, x: torch.Tensor, weight_index: tuple[int, ...] | None = None) -> torch.Tensor:
-        """``[B, T, D_in] -> [B, T, D_out]``; position t uses set ``weight_index[t]`` if given."""
-        return _per_step_linear(x, self.weight, self.out_features, weight_index)
-
-
-def _per_step_linear(
-    x: torch.Tensor, weight: torch.Tensor, rows: int, weight_index: tuple[int, ...] | None
-) -> torch.Tensor:
-    if weight_index is None:
-        return linear(x, weight)
-    if len(weight_index) == 1:
-        i = weight_index[0]
-        return linear(x, weight[i * rows : (i + 1) * rows])
-    outs = [
-        linear(x[:, t : t + 1], weight[i * rows : (i + 1) * rows])
-        for t, i in enumerate(weight_index)
-    ]
-    return torch.cat(outs, dim=1)
+    module._register_state_dict_hook(save)
+    module._register_load_state_dict_pre_hook(load)
 
 
 # A streaming step has a few queries per slot. For those, PyTorch's CPU SDPA kernels are slow:
@@ -141,8 +119,8 @@ class StreamingMultiheadAttention(nn.Module):
         self.num_kv_heads = num_heads // kv_repeat
         self.mult = num_weight_sets
         self.proj_dim = embed_dim + 2 * self.num_kv_heads * self.head_dim
-        self.in_proj_weight = nn.Parameter(torch.empty(self.mult * self.proj_dim, embed_dim))
-        _init_uniform(self.in_proj_weight, embed_dim)
+        self.in_proj: StackedLinear
+        _fused_in_proj(self, StackedLinear(embed_dim, self.proj_dim, self.mult))
         self.out_proj = StackedLinear(embed_dim, embed_dim, self.mult)
 
     def forward(
@@ -159,7 +137,7 @@ class StreamingMultiheadAttention(nn.Module):
         """
         B, T, D = x.shape
         H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        proj = _per_step_linear(x, self.in_proj_weight, self.proj_dim, plan.weight_index)
+        proj = self.in_proj(x, plan.weight_index)
         if self.kv_repeat == 1:
             qkv = proj.view(B, T, 3, H, Dh)
             if rope is not None:
@@ -204,21 +182,22 @@ class CrossAttention(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
-        _init_uniform(self.in_proj_weight, embed_dim)
+        # Row blocks: queries [0:D], keys and values [D:3D].
+        self.in_proj: Linear
+        proj = Linear(embed_dim, 3 * embed_dim, bias=False, blocks=(embed_dim, 2 * embed_dim))
+        _fused_in_proj(self, proj)
         self.out_proj = StackedLinear(embed_dim, embed_dim, 1)
 
     def compute_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``src [B, S, D]`` -> ``(k, v)``, each ``[B, H, S, Dh]`` contiguous."""
         B, S, _ = src.shape
-        D = self.embed_dim
-        kv = linear(src, self.in_proj_weight[D:]).view(B, S, 2, self.num_heads, self.head_dim)
+        kv = self.in_proj(src, 1).view(B, S, 2, self.num_heads, self.head_dim)
         kv = kv.permute(2, 0, 3, 1, 4).contiguous()  # [2, B, H, S, Dh]
         return kv[0], kv[1]
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``x [B, T, D]`` attends to ``k, v [B, H, S, Dh]``; returns ``[B, T, D]``."""
         B, T, D = x.shape
-        q = linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, self.head_dim)
+        q = self.in_proj(x, 0).view(B, T, self.num_heads, self.head_dim)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

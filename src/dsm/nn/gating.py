@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .linear import linear
+from .linear import Linear
 
 __all__ = ["ACTIVATIONS", "ActivationGating", "gated_hidden_dim", "get_activation"]
 
@@ -59,13 +59,13 @@ class ActivationGating(nn.Module):
         self.hidden = hidden
         self.activation_name = activation
         self.activation = get_activation(activation)
-        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
-        self.linear_out = nn.Linear(hidden, dim, bias=False)
+        self.linear_in = Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., D]`` -> ``[..., D]``."""
-        h = linear(x, self.linear_in.weight).unflatten(-1, (2, self.hidden))
-        return linear(self.activation(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
+        h = self.linear_in(x).unflatten(-1, (2, self.hidden))
+        return self.linear_out(self.activation(h[..., 0, :]) * h[..., 1, :])
 
     def extra_repr(self) -> str:
         return f"activation={self.activation_name}"

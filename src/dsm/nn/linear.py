@@ -1,32 +1,40 @@
-"""The matrix product of every large projection, with a faster float32 kernel on x86 CPUs.
+"""The projection module: every large matrix product of the models happens in its ``forward``.
 
-``torch.nn.functional.linear`` on a float32 CPU tensor calls MKL's sgemm. For the shapes of a
+:class:`Linear` is a ``torch.nn.Linear`` (same ``weight``/``bias`` names, so checkpoint keys are
+unchanged) whose rows may be split into blocks selected per call: the depformer's per-step
+weight sets and the fused q|k|v projection are one weight, and ``forward(x, index)`` multiplies
+by one block (or, per position, by the block a schedule names) without slicing in the caller.
+Streaming inference, the teacher-forced forward and training all call the module, so swapping it
+(:func:`replace_linears`, e.g. for a LoRA or int8 projection) changes every path at once.
+
+CPU kernels. ``F.linear`` on a float32 CPU tensor calls MKL's sgemm. For the shapes of a
 streaming step (1 to 64 rows against a 2048-wide weight) MKL is far from the memory roofline on
 some x86 CPUs (measured on an AMD EPYC with AVX-512, one thread: 8 rows x ``[11264, 2048]`` in
 8.7 ms with MKL, 4.7 ms with oneDNN; 1 row 3.6 ms vs 2.8 ms), while oneDNN's matmul, which
-PyTorch already uses for bfloat16, is close to it. :func:`linear` sends large float32
-projections to oneDNN when no gradient is needed.
-
-The two kernels sum in different orders, so outputs differ by float32 rounding (about 1e-6
-relative); the reference (``moshi``) uses MKL. ``DSM_CPU_MATMUL`` selects the kernel:
-``auto`` (default: oneDNN on x86 for weights of at least :data:`MIN_WEIGHT_ELEMENTS` elements or
-with both dimensions at least :data:`MIN_SQUARE_DIM`: the language models' layers),
-``onednn`` (every float32 CPU projection) or ``mkl`` (always ``F.linear``: bit-identical to the
-reference).
+PyTorch already uses for bfloat16, is close to it. The two kernels sum in different orders, so
+outputs differ by float32 rounding (about 1e-6 relative); the reference (``moshi``) uses MKL.
+Each module's ``cpu_matmul`` selects its float32 kernel: ``auto`` (oneDNN on x86 for weights of
+at least :data:`MIN_WEIGHT_ELEMENTS` elements or with both dimensions at least
+:data:`MIN_SQUARE_DIM`: the language models' layers), ``onednn`` (always) or ``mkl`` (always
+``F.linear``: bit-identical to the reference, and no packing).
 
 Packed weights (CPU, float32 and bfloat16): oneDNN runs fastest against a weight in its own
-blocked layout. ``F.linear`` in bfloat16 reorders the plain ``[D_out, D_in]`` weight into that
-layout on every call (which caps a streaming step at about 17 GB/s of weights on one core), and
-the float32 oneDNN product on a plain weight reads it more slowly than a blocked one. So
-:func:`linear` keeps a packed copy of each parameter (or slice of one) that it sends to oneDNN
-(made on first use with
-``torch.ops.mkldnn._reorder_linear_weight``, refreshed when the weight changes) and multiplies
-against it. One row: bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal
-the unpacked product's up to float32 summation order. The packed copies double the memory of
-the projection weights: ``DSM_CPU_PACK=0`` (or :func:`set_weight_packing`) turns packing off and
-frees them, ``DSM_CPU_MATMUL=mkl`` turns off both packing and oneDNN. Packing also switches itself
-off, with a warning, when a new pack would leave less than :data:`MIN_FREE_BYTES` (or an eighth of
-the memory of the machine, or of its container's cgroup limit) available.
+blocked layout. ``F.linear`` in bfloat16 reorders the plain weight into that layout on every call
+(which caps a streaming step at about 17 GB/s of weights on one core), and the float32 oneDNN
+product on a plain weight reads it more slowly than a blocked one. A module with ``pack`` on
+reorders its weight once, on its first call without gradients, and then keeps **only** the packed
+copy: the parameter's storage is released (its shape, dtype and device stay readable). One row:
+bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal the unpacked product's
+up to float32 summation order. Reading ``module.weight``, ``state_dict()``, ``load_state_dict``,
+``.to()`` and any call that needs gradients first restore the plain weight (exactly: the packing
+is a reordering), so checkpoints and training see ordinary parameters; the next inference call
+packs again.
+
+:func:`set_cpu_kernels` sets the kernel and packing of every projection of a model; the loaders
+call it with the defaults of ``DSM_CPU_MATMUL`` (``auto``/``onednn``/``mkl``) and ``DSM_CPU_PACK``
+(``1``/``0``), read then. Packing switches itself off for the model (packed weights restored to
+plain ones), with a warning, when a new pack would leave less than :data:`MIN_FREE_BYTES` (or an
+eighth of the memory of the machine, or of its container's cgroup limit) available.
 """
 
 from __future__ import annotations
@@ -35,9 +43,11 @@ import logging
 import os
 import platform
 import weakref
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .host_memory import host_memory
@@ -45,16 +55,18 @@ from .host_memory import host_memory
 _log = logging.getLogger(__name__)
 
 __all__ = [
+    "MATMUL_MODES",
     "MIN_FREE_BYTES",
     "MIN_SQUARE_DIM",
     "MIN_WEIGHT_ELEMENTS",
-    "clear_packed_weights",
-    "cpu_matmul_mode",
-    "linear",
+    "ONEDNN_AVAILABLE",
+    "CpuKernels",
+    "Linear",
+    "StackedLinear",
+    "cpu_kernels_from_env",
     "packed_weight_bytes",
-    "set_cpu_matmul_mode",
-    "set_weight_packing",
-    "weight_packing",
+    "replace_linears",
+    "set_cpu_kernels",
 ]
 
 # Smaller weights (Mimi's 512-wide transformer, heads) stay on MKL: the gain is small there and
@@ -63,8 +75,16 @@ MIN_WEIGHT_ELEMENTS = 1 << 21
 # Square-ish weights from this size on also go to oneDNN (the depformer's 1024 x 1024 output
 # projection: 1.5x faster at 4 rows); every Mimi weight has a 512-wide side and stays on MKL.
 MIN_SQUARE_DIM = 1024
+# A pack is only made while the memory still available afterwards stays above this many bytes
+# and above an eighth of the total (the machine's or the container's, see
+# :mod:`dsm.nn.host_memory`).
+MIN_FREE_BYTES = 1 << 30
+# Row count oneDNN picks the blocked layout for. Any value from 4 up gives float32 its fast layout
+# for 1 to 1024 rows (1 gives the plain layout's speed); bfloat16 gets the same layout for all.
+_PACK_ROWS = 16
 
-_MODES = ("auto", "onednn", "mkl")
+MATMUL_MODES = ("auto", "onednn", "mkl")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _onednn_available() -> bool:
@@ -75,177 +95,282 @@ def _onednn_available() -> bool:
     return hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _mode_from_env() -> str:
-    mode = os.environ.get("DSM_CPU_MATMUL", "auto").strip().lower() or "auto"
-    if mode not in _MODES:
-        raise ValueError(f"DSM_CPU_MATMUL must be one of {', '.join(_MODES)}, got {mode!r}")
+ONEDNN_AVAILABLE = _onednn_available()
+
+
+def _check_mode(mode: str, what: str) -> str:
+    if mode not in MATMUL_MODES:
+        raise ValueError(f"{what} must be one of {', '.join(MATMUL_MODES)}, got {mode!r}")
     return mode
 
 
-def _packing_from_env() -> bool:
+def cpu_kernels_from_env() -> tuple[str, bool]:
+    """``(matmul, pack)`` from ``DSM_CPU_MATMUL`` (default ``auto``) and ``DSM_CPU_PACK``
+    (default ``1``); a ``ValueError`` naming the variable for any other value."""
+    mode = os.environ.get("DSM_CPU_MATMUL", "auto").strip().lower() or "auto"
+    _check_mode(mode, "DSM_CPU_MATMUL")
     value = os.environ.get("DSM_CPU_PACK", "1").strip().lower() or "1"
-    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+    if value not in _TRUE + _FALSE:
         raise ValueError(f"DSM_CPU_PACK must be 1 (pack CPU weights, default) or 0, got {value!r}")
-    return value in ("1", "true", "yes", "on")
+    return mode, value in _TRUE
 
 
-_AVAILABLE = _onednn_available()
-_mode = _mode_from_env()
-_packing = _packing_from_env()
+class CpuKernels:
+    """The CPU kernel policy shared by the projections of one :func:`set_cpu_kernels` call.
 
+    ``pack`` goes off for all of them at once when memory runs short (see :meth:`room_for`).
+    """
 
-def cpu_matmul_mode() -> str:
-    """The float32 CPU kernel policy in effect: ``auto``, ``onednn`` or ``mkl``."""
-    return _mode
+    def __init__(self, matmul: str = "auto", pack: bool = False) -> None:
+        self.matmul = _check_mode(matmul, "cpu matmul mode")
+        self.pack = bool(pack)
+        self.members: weakref.WeakSet[Linear] = weakref.WeakSet()
 
-
-def set_cpu_matmul_mode(mode: str) -> str:
-    """Set the float32 CPU kernel policy (see the module docstring); returns the previous one."""
-    global _mode
-    if mode not in _MODES:
-        raise ValueError(f"cpu matmul mode must be one of {', '.join(_MODES)}, got {mode!r}")
-    previous, _mode = _mode, mode
-    return previous
-
-
-def weight_packing() -> bool:
-    """Whether CPU projections multiply packed copies of their weights (see module docstring)."""
-    return _packing
-
-
-def set_weight_packing(enabled: bool) -> bool:
-    """Turn weight packing on or off (off frees the packed copies); returns the previous setting."""
-    global _packing
-    previous, _packing = _packing, bool(enabled)
-    if not _packing:
-        clear_packed_weights()
-    return previous
-
-
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if _mode == "mkl" or not _AVAILABLE:
+    def room_for(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more leave enough memory available (always True where unknown);
+        when not, packing goes off for every member, packed weights restored, with a warning."""
+        memory = host_memory()
+        if memory is None or memory.available - nbytes >= max(MIN_FREE_BYTES, memory.total // 8):
+            return True
+        self.pack = False
+        held = sum(m.packed_bytes() for m in self.members)
+        for member in list(self.members):
+            member.unpack_weight()
+        _log.warning(
+            "dsm: only %.1f GB of memory available: CPU weight packing is off for this model "
+            "(%.1f GB of packed weights restored to plain ones; projections run slower). Set "
+            "DSM_CPU_PACK=0 (or --no-pack-weights) to skip packing from the start.",
+            memory.available / 1e9,
+            held / 1e9,
+        )
         return False
-    if x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32:
-        return False
-    if (
-        _mode == "auto"
-        and weight.numel() < MIN_WEIGHT_ELEMENTS
-        and min(weight.shape) < MIN_SQUARE_DIM
-    ):
-        return False
-    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
-        return False  # the oneDNN op has no autograd formula
-    return weight.is_contiguous()
 
 
-def _use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """bfloat16 projections, and the float32 ones that go to oneDNN, multiply a packed copy."""
-    if not _packing or _mode == "mkl" or not _AVAILABLE:
-        return False
-    if x.device.type != "cpu" or x.dtype != weight.dtype:
-        return False
-    if weight.dtype == torch.float32:
-        if not _use_onednn(x, weight):
+_DEFAULT_KERNELS = CpuKernels("auto", pack=False)
+
+
+class Linear(nn.Linear):
+    """``x [..., D_in] @ weight[D_out, D_in]^T (+ bias)``, with row blocks and CPU kernels.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as ``torch.nn.Linear``.
+        blocks: sizes of the row blocks of ``weight`` (summing to ``out_features``), selected by
+            the ``index`` of :meth:`forward`; default one block.
+
+    A new module multiplies with ``F.linear`` (float32 weights of the ``auto`` sizes go to
+    oneDNN) and packs nothing; :func:`set_cpu_kernels` changes that.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        blocks: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        sizes = tuple(blocks) if blocks is not None else (out_features,)
+        if sum(sizes) != out_features or min(sizes) <= 0:
+            raise ValueError(f"row blocks {sizes} do not split {out_features} rows")
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        self.block_starts = tuple(starts)
+        self.kernels = _DEFAULT_KERNELS
+        # Packed weight per block while packed (the parameter's storage is released then).
+        self._packs: list[torch.Tensor] | None = None
+
+    # -- the product ------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, index: int | Sequence[int] | None = None) -> torch.Tensor:
+        """``[..., D_in] -> [..., D_block]``.
+
+        ``index``: None for the whole weight, an int for that row block, or one block per
+        position of ``x [B, T, D_in]`` (``len(index) == T``; the depformer's schedule).
+        """
+        if index is None:
+            if len(self.block_starts) == 2:
+                return self._product(x, 0)
+            return torch.cat([self._product(x, i) for i in range(self.num_blocks)], dim=-1)
+        if isinstance(index, int):
+            return self._product(x, index)
+        if len(index) == 1:
+            return self._product(x, index[0])
+        outs = [self._product(x[:, t : t + 1], i) for t, i in enumerate(index)]
+        return torch.cat(outs, dim=1)
+
+    @property
+    def num_blocks(self) -> int:
+        """How many row blocks the weight has."""
+        return len(self.block_starts) - 1
+
+    def _product(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        param = self._parameters["weight"]
+        assert param is not None
+        weight: torch.Tensor = param
+        bias: torch.Tensor | None = self._parameters["bias"]
+        start, end = self.block_starts[block], self.block_starts[block + 1]
+        if bias is not None and self.num_blocks > 1:
+            bias = bias[start:end]
+        grad = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+        if self._packs is not None:
+            if not grad and x.dtype == weight.dtype and x.device.type == "cpu":
+                return torch.ops.mkldnn._linear_pointwise(
+                    x, self._packs[block], bias, "none", [], ""
+                )
+            self.unpack_weight()
+        elif not grad and self._should_pack(x, weight) and self._pack():
+            return self._product(x, block)
+        if self.num_blocks > 1:
+            weight = weight[start:end]
+        if not grad and self._use_onednn(x, weight):
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return F.linear(x, weight, bias)
+
+    def _use_onednn(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        mode = self.kernels.matmul
+        if mode == "mkl" or not ONEDNN_AVAILABLE:
             return False
-    elif weight.dtype != torch.bfloat16:
-        return False
-    if weight.dim() != 2 or weight.layout != torch.strided or not weight.is_contiguous():
-        return False
-    # Only parameters (or slices of one) are packed: a weight made per call would be packed per
-    # call. Inference tensors have no version counter, so an in-place change would go unseen.
-    base = weight._base if weight._base is not None else weight
-    if not isinstance(base, torch.nn.Parameter) or base.is_inference():
-        return False
-    return not torch.is_grad_enabled() or not (weight.requires_grad or x.requires_grad)
+        if x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32:
+            return False
+        if (
+            mode == "auto"
+            and weight.numel() < MIN_WEIGHT_ELEMENTS
+            and min(weight.shape) < MIN_SQUARE_DIM
+        ):
+            return False
+        return weight.is_contiguous()
 
+    def _should_pack(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """bfloat16 projections, and the float32 ones that go to oneDNN, multiply packed blocks."""
+        if not self.kernels.pack or self.kernels.matmul == "mkl" or not ONEDNN_AVAILABLE:
+            return False
+        if x.device.type != "cpu" or x.dtype != weight.dtype or weight.is_inference():
+            # (an inference tensor's storage cannot be swapped for the packed copy)
+            return False
+        if weight.dtype == torch.float32:
+            return self._use_onednn(x, weight)
+        return weight.dtype == torch.bfloat16 and weight.is_contiguous()
 
-class _Packed(NamedTuple):
-    version: int
-    weight: torch.Tensor  # the oneDNN blocked copy
+    # -- packing ------------------------------------------------------------------------------
 
-
-# id(base tensor) -> packs of that tensor's slices. Weights are often slices of one parameter
-# (the depformer's per-step weights, the fused K/V projection), so entries hang off the parameter
-# the slice views, and go when it is freed. A slice shares its base's version counter, so an
-# in-place update (``load_state_dict``) is seen; a parameter whose ``.data`` was swapped (``.to``)
-# has a new data pointer, which drops its old packs.
-class _BasePacks(NamedTuple):
-    data_ptr: int
-    packs: dict[tuple[int, tuple[int, ...]], _Packed]
-
-
-_PACKED: dict[int, _BasePacks] = {}
-# Row count oneDNN picks the blocked layout for. Any value from 4 up gives float32 its fast layout
-# for 1 to 1024 rows (1 gives the plain layout's speed); bfloat16 gets the same layout for all.
-_PACK_ROWS = 16
-# A pack is only made while the memory still available afterwards stays above this many bytes
-# and above an eighth of the total (the machine's or the container's, see
-# :mod:`dsm.nn.host_memory`). Below that, packing is switched off for the process (packs freed),
-# so the speed-up does not push the process out of memory.
-MIN_FREE_BYTES = 1 << 30
-
-
-def _room_for(nbytes: int) -> bool:
-    """Whether ``nbytes`` more leave enough memory available (always True where unknown)."""
-    memory = host_memory()
-    if memory is None or memory.available - nbytes >= max(MIN_FREE_BYTES, memory.total // 8):
+    def _pack(self) -> bool:
+        """Replace the plain weight by its packed blocks; False (nothing done) when memory is
+        short."""
+        weight = self._parameters["weight"]
+        assert weight is not None
+        if not self.kernels.room_for(weight.numel() * weight.element_size()):
+            return False
+        plain = weight.detach()
+        self._packs = [
+            torch.ops.mkldnn._reorder_linear_weight(plain[s:e].contiguous(), _PACK_ROWS)
+            for s, e in zip(self.block_starts, self.block_starts[1:], strict=False)
+        ]
+        # Keep the parameter (shape, dtype, device, requires_grad) with no storage behind it.
+        weight.data = torch.empty((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
         return True
-    global _packing
-    _packing = False
-    held = packed_weight_bytes()
-    clear_packed_weights()
-    _log.warning(
-        "dsm: only %.1f GB of memory available: CPU weight packing is off for this process "
-        "(%.1f GB of packs freed; projections run on the plain weights, slower). Set "
-        "DSM_CPU_PACK=0 (or --no-pack-weights) to skip packing from the start.",
-        memory.available / 1e9,
-        held / 1e9,
-    )
-    return False
+
+    def unpack_weight(self) -> None:
+        """Restore the plain weight from the packed blocks (no-op when not packed)."""
+        packs = self.__dict__.get("_packs")
+        if packs is None:
+            return
+        weight = self._parameters["weight"]
+        assert weight is not None
+        self._packs = None
+        weight.data = torch.cat([p.to_dense() for p in packs], dim=0)
+
+    def packed_bytes(self) -> int:
+        """Bytes held in packed blocks (0 while plain)."""
+        if self._packs is None:
+            return 0
+        return sum(p.numel() * p.element_size() for p in self._packs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight":
+            self.unpack_weight()  # whoever reads the weight gets the plain one
+        return super().__getattr__(name)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Linear:
+        self.unpack_weight()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        self.unpack_weight()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.unpack_weight()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        blocks = "" if self.num_blocks == 1 else f", blocks={self.num_blocks}"
+        return super().extra_repr() + blocks
 
 
-def _drop_packed(key: int) -> None:
-    _PACKED.pop(key, None)
+class StackedLinear(Linear):
+    """``mult`` bias-free linears ``D_in -> D_out`` in one ``weight [mult * D_out, D_in]``: the
+    depformer's per-step weight sets; ``forward(x, weight_index)`` picks them per position."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        mult: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_features,
+            mult * out_features,
+            bias=False,
+            device=device,
+            dtype=dtype,
+            blocks=[out_features] * mult,
+        )
+        self.mult = mult
 
 
-def _packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """The packed copy of ``weight``, made or refreshed if needed; None when memory is short."""
-    base = weight._base if weight._base is not None else weight
-    entries = _PACKED.get(id(base))
-    if entries is None:
-        weakref.finalize(base, _drop_packed, id(base))
-    if entries is None or entries.data_ptr != base.data_ptr():
-        entries = _PACKED[id(base)] = _BasePacks(base.data_ptr(), {})
-    key = (weight.data_ptr(), tuple(weight.shape))
-    entry = entries.packs.get(key)
-    if entry is None or entry.version != weight._version:
-        if entry is None and not _room_for(weight.numel() * weight.element_size()):
-            return None
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS)
-        entry = entries.packs[key] = _Packed(weight._version, packed)
-    return entry.weight
+def set_cpu_kernels(
+    model: nn.Module, matmul: str | None = None, pack: bool | None = None
+) -> CpuKernels:
+    """Set the CPU kernel of every :class:`Linear` in ``model`` (see the module docstring).
+
+    Args:
+        matmul: ``auto``, ``onednn`` or ``mkl``; None for ``DSM_CPU_MATMUL`` (default auto).
+        pack: keep packed weights (one copy each) for the oneDNN products; None for
+            ``DSM_CPU_PACK`` (default on). Turning it off restores the plain weights.
+
+    Returns the policy object now shared by those modules.
+    """
+    env_mode, env_pack = cpu_kernels_from_env() if matmul is None or pack is None else ("", True)
+    kernels = CpuKernels(env_mode if matmul is None else matmul, env_pack if pack is None else pack)
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.unpack_weight()
+            module.kernels = kernels
+            kernels.members.add(module)
+    return kernels
 
 
-def clear_packed_weights() -> None:
-    """Forget every packed weight (they are rebuilt on next use while packing is on)."""
-    _PACKED.clear()
+def packed_weight_bytes(model: nn.Module) -> int:
+    """Bytes of weights held packed in ``model`` (those weights have no plain copy)."""
+    return sum(m.packed_bytes() for m in model.modules() if isinstance(m, Linear))
 
 
-def packed_weight_bytes() -> int:
-    """Bytes of weight data held in packed copies (the memory that ``DSM_CPU_PACK=0`` saves)."""
-    return sum(
-        pack.weight.numel() * pack.weight.element_size()
-        for entries in _PACKED.values()
-        for pack in entries.packs.values()
-    )
+def replace_linears(model: nn.Module, factory: Callable[[Linear], nn.Module]) -> nn.Module:
+    """Replace every :class:`Linear` of ``model`` by ``factory(linear)``, in place.
 
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [..., D_in] @ weight[D_out, D_in]^T (+ bias)``, like ``F.linear``."""
-    if _use_packed(x, weight):
-        packed = _packed_weight(weight)
-        if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+    The one supported way to change how projections compute (LoRA, quantized weights): the
+    replacement is called exactly as the projection was, ``module(x)`` or ``module(x, index)``
+    (see :meth:`Linear.forward`), by streaming inference, the teacher-forced forward and
+    training alike. Returns ``model``.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Linear):
+                setattr(parent, name, factory(child))
+    return model

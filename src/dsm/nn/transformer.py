@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .attention import CrossAttention, StreamingMultiheadAttention
 from .gating import ActivationGating
 from .kv_cache import AttentionPlan, KVCache, RingPositions, StepPositions, offline_plan
-from .linear import linear
+from .linear import Linear
 from .norms import LayerScale, make_norm
 from .rope import RotaryEmbedding
 from .streaming import StreamingModule, StreamingState
@@ -67,14 +67,14 @@ class StreamingTransformerLayer(nn.Module):
         self.self_attn = StreamingMultiheadAttention(d_model, num_heads, num_weight_sets, kv_repeat)
         self.norm1 = make_norm(norm, d_model)
         self.norm2 = make_norm(norm, d_model)
-        self.linear1: nn.Linear | None = None
-        self.linear2: nn.Linear | None = None
+        self.linear1: Linear | None = None
+        self.linear2: Linear | None = None
         self.gating: nn.Module | None = None
         if gating == "none":
             if num_weight_sets > 1 or not isinstance(dim_feedforward, int):
                 raise ValueError("per-step weights or a list dim_feedforward need a gated FFN")
-            self.linear1 = nn.Linear(d_model, dim_feedforward, bias=False)
-            self.linear2 = nn.Linear(dim_feedforward, d_model, bias=False)
+            self.linear1 = Linear(d_model, dim_feedforward, bias=False)
+            self.linear2 = Linear(dim_feedforward, d_model, bias=False)
         elif num_weight_sets > 1:
             dims = _per_set(dim_feedforward, num_weight_sets)
             self.gating = nn.ModuleList([ActivationGating(d_model, h, gating) for h in dims])
@@ -97,7 +97,7 @@ class StreamingTransformerLayer(nn.Module):
     def _feed_forward(self, x: torch.Tensor, weight_index: tuple[int, ...] | None) -> torch.Tensor:
         if self.linear1 is not None:
             assert self.linear2 is not None
-            return linear(F.gelu(linear(x, self.linear1.weight)), self.linear2.weight)
+            return self.linear2(F.gelu(self.linear1(x)))
         assert self.gating is not None
         if not isinstance(self.gating, nn.ModuleList):
             return self.gating(x)
@@ -285,7 +285,7 @@ class StreamingTransformer(StreamingModule):
         if not self.causal:
             raise RuntimeError("streaming needs a causal transformer")
         layers = self._layer_list()
-        param = layers[0].self_attn.in_proj_weight
+        param = next(layers[0].self_attn.parameters())  # the projections' dtype and device
         device, dtype = param.device, param.dtype
         positions: RingPositions | StepPositions
         if self.weights_per_step:
@@ -322,7 +322,7 @@ class StreamingTransformer(StreamingModule):
         for layer in self._layer_list():
             assert layer.cross_attention is not None
             attn = layer.cross_attention
-            out.append(attn.compute_kv(src.to(attn.in_proj_weight.dtype)))
+            out.append(attn.compute_kv(src.to(next(attn.parameters()).dtype)))
         return out
 
     def set_cross_source(self, src: torch.Tensor, mask: torch.Tensor | None = None) -> None:
