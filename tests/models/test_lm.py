@@ -28,6 +28,7 @@ from dsm.errors import ConfigError, WeightsError
 from dsm.lm import load_lm, load_lm_from_files
 from dsm.models.lm import LMModel
 from dsm.models.lm_loading import fuse_split_projections
+from dsm.nn import Linear
 from dsm.nn.streaming import streaming
 from tests.helpers.cpu_kernels import CpuMatmul
 from tests.helpers.reference_lm import (
@@ -357,6 +358,19 @@ def test_depformer_step_checks_its_stream(tts: Pair) -> None:
     assert lm.depformer is not None
     with streaming(lm.depformer, 1), pytest.raises(RuntimeError, match="step 1"):
         lm.depformer_step(1, hidden, token)
+
+
+def test_bad_kernel_environment_is_an_error_at_load(
+    stt: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSM_CPU_MATMUL", "fastest")
+    with pytest.raises(ValueError, match="DSM_CPU_MATMUL must be one of auto, onednn, mkl"):
+        load_lm(stt.dir)
+    monkeypatch.setenv("DSM_CPU_MATMUL", "mkl")
+    monkeypatch.setenv("DSM_CPU_PACK", "0")
+    lm = load_lm(stt.dir)
+    kernels = {(m.kernels.matmul, m.kernels.pack) for m in lm.modules() if isinstance(m, Linear)}
+    assert kernels == {("mkl", False)}
 
 
 def test_real_width_float32_packed_projections_match_reference() -> None:

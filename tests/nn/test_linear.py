@@ -288,3 +288,20 @@ def test_replace_linears_swaps_every_projection() -> None:
 
     assert replace_linears(model, factory) is model
     assert len(seen) == 2 and not any(isinstance(m, Linear) for m in model.modules())
+
+
+def test_bad_environment_does_not_break_import() -> None:
+    """An invalid ``DSM_CPU_MATMUL`` fails when a model loads, not when dsm is imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DSM_CPU_MATMUL": "bogus", "DSM_CPU_PACK": "maybe"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import dsm.nn, dsm.models.lm_loading"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -6,9 +6,11 @@ cross-attention K/V. The layers are plain modules driven by the per-call
 :class:`AttentionPlan`, so the positions, mask and RoPE angles are computed once per call
 rather than once per layer.
 
-Module and parameter names match the published checkpoints (``layers.{l}.self_attn.in_proj_weight``,
+State-dict keys match the published checkpoints (``layers.{l}.self_attn.in_proj_weight``,
 ``layers.{l}.norm1.alpha``, ``layers.{l}.gating.linear_in.weight`` ...), so weights load with
-``load_state_dict(strict=True)`` and no key map.
+``load_state_dict(strict=True)`` and no key map. Every projection is a
+:class:`~dsm.nn.linear.Linear` module (the attention's fused ``in_proj`` is saved under its
+checkpoint key ``in_proj_weight``).
 """
 
 from __future__ import annotations
