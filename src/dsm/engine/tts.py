@@ -16,12 +16,16 @@ silently uses the default voice, DSM issue #99); ``Text`` times are on the audio
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import END, Channel, ModelModule
 from dsm.errors import DsmError
 from dsm.tts.stream import TtsStream
+
+if TYPE_CHECKING:
+    from dsm.tts.engine import TtsEngine
+    from dsm.tts.model import TextToSpeech
 
 __all__ = ["TtsChannel", "TtsModule"]
 
@@ -71,7 +75,7 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def __init__(
         self,
-        tts: Any,
+        tts: TextToSpeech,
         batch_size: int,
         metrics: ServerMetrics,
         *,
@@ -91,7 +95,7 @@ class TtsModule(ModelModule[TtsChannel]):
         self.seed = seed
         self.path = path
         self.max_pending_messages = max_pending_messages
-        self.engine: Any = None
+        self.engine: TtsEngine | None = None
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
         self.on_release = self._released
@@ -116,6 +120,11 @@ class TtsModule(ModelModule[TtsChannel]):
         )
         self.engine.start()
 
+    def _engine(self) -> TtsEngine:
+        if self.engine is None:
+            raise RuntimeError("the TTS module's engine is not started (warmup runs first)")
+        return self.engine
+
     def shutdown_model(self) -> None:
         if self.engine is not None:
             self.engine.close()
@@ -129,7 +138,7 @@ class TtsModule(ModelModule[TtsChannel]):
             channel.done = True
             channel.fail(str(exc))
             return
-        stream.start(self.engine, channel.slot)
+        stream.start(self._engine(), channel.slot)
         channel.stream = stream
         channel.started = True
 
@@ -142,7 +151,7 @@ class TtsModule(ModelModule[TtsChannel]):
         if eos and not stream.ended:
             if channel.words_received == 0:  # Eos before any text: nothing to say (upstream)
                 stream.ended = True
-                self.engine.release(channel.slot)
+                self._engine().release(channel.slot)
                 channel.done = True
                 channel.deliver(END)
                 return
@@ -155,7 +164,7 @@ class TtsModule(ModelModule[TtsChannel]):
             current = channels[slot]
             if bound is not None and bound is not current:
                 if not bound.done:
-                    self.engine.release(slot)
+                    self._engine().release(slot)
                 self._bound[slot] = None
         for channel in channels:
             if channel is None or channel.closed or channel.done:
@@ -165,10 +174,10 @@ class TtsModule(ModelModule[TtsChannel]):
                 if not channel.started:
                     continue
             self._feed(channel)
-        if not self.engine.busy:
+        if not self._engine().busy:
             return False
         start = time.perf_counter()
-        outputs = self.engine.step()
+        outputs = self._engine().step()
         if not outputs:
             return False
         self.metrics.py_step.observe(time.perf_counter() - start)
