@@ -3,8 +3,9 @@
 Per connection, an :class:`SttChannel` holds what :class:`~dsm.stt.session.SttSession` holds
 for a single stream, minus the engine: the audio queue (any chunk length, re-cut into
 1920-sample frames, the checkpoint's silence prefix first), the stream's
-:class:`~dsm.stt.stream.SttStream` (words, text), markers and counters. Every iteration steps all slots that have a full frame (or owe a final step) in one
-batched forward; idle slots do not advance. The loop is not paced to real time.
+:class:`~dsm.stt.stream.SttStream` (words, text), markers and counters. Every iteration steps
+all slots that have a full frame (or owe a final step) in one batched forward; idle slots do
+not advance. The loop is not paced to real time.
 
 Events per consumed frame, in order (:mod:`dsm.engine.events`; the server sends them as the
 messages of server-protocol.md §2.3): ``FrameDone`` (``Step``, checkpoints with VAD heads), then
