@@ -57,13 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dsm.checkpoint.config import parse_config
 from dsm.commands.loadtest import LoadtestReport, run_loadtest
+from dsm.engine.metrics import ServerMetrics
+from dsm.engine.stt import SttChannel, SttModule
 from dsm.mimi import FRAME_SIZE, MimiCodec
 from dsm.models.lm import LMModel
 from dsm.models.mimi import MimiConfig, MimiModel, MimiTransformerConfig
 from dsm.models.seanet import SEANetConfig
 from dsm.server import RunningServer, ServerConfig, SttModuleConfig, start_server
-from dsm.server.metrics import ServerMetrics
-from dsm.server.stt_module import SttChannel, SttModule
 from dsm.stt.engine import EngineStep, SttEngine
 from dsm.stt.model import SpeechToText
 from tests.helpers.published_configs import stt_1b_en_fr
@@ -466,10 +466,10 @@ def main() -> None:
     B = args.batch
     engine_class: Any = SttEngine
     if args.stub_step_ms is not None:
-        import dsm.server.stt_module
+        import dsm.engine.stt
 
         StubEngine.step_seconds = args.stub_step_ms / 1000
-        engine_class = dsm.server.stt_module.SttEngine = StubEngine  # type: ignore[misc]
+        engine_class = dsm.engine.stt.SttEngine = StubEngine  # type: ignore[misc]
         print(f"stub engine: {args.stub_step_ms:g} ms per step, no CPU")
     step = time_offline(stt, B, engine_class=engine_class)
     offline = B * 0.08 / step

@@ -23,14 +23,15 @@ Decoded audio is not clipped.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
-from dsm.errors import CheckpointError, WeightsError
+from dsm.errors import WeightsError
+from dsm.frames import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from dsm.generate.cuda_graph import GraphedStep, cuda_graphs_allowed
 from dsm.models.mimi import MimiConfig, MimiModel
 from dsm.nn.streaming import StreamingControl, streaming
 
@@ -45,55 +46,11 @@ __all__ = [
     "load_mimi",
 ]
 
-SAMPLE_RATE = 24000  # Hz, mono
-FRAME_RATE = 12.5  # code frames per second
-FRAME_SIZE = int(SAMPLE_RATE / FRAME_RATE)  # 1920 samples = 80 ms
 NUM_CODEBOOKS = 32  # RVQ levels in the published checkpoint (1 semantic + 31 acoustic)
 CARDINALITY = 2048  # entries per codebook: valid codes are 0..2047
 MIMI_MARKER_KEY = "encoder.model.0.conv.conv.weight"  # present in every Mimi checkpoint
-NO_CUDA_GRAPH_ENV = "DSM_NO_CUDA_GRAPH"  # set to 1 to run CUDA streaming steps eagerly
 
 logger = logging.getLogger(__name__)
-
-
-class _GraphedStep:
-    """Runs ``fn`` eagerly once per input shape, then captures it in a CUDA graph and replays.
-
-    Streaming steps only touch state allocated when the stream opened and the shared exec
-    mask, all updated in place, so a replay is the same step. During capture nothing runs; the
-    graph is replayed once right after. If capture fails the step stays eager (with a warning).
-    A graph belongs to one streaming context: its state tensors die with it.
-    """
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.fn = fn
-        self.graphs: dict[
-            tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
-        ] = {}
-        self.seen: set[tuple[object, ...]] = set()
-        self.failed = False
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (*x.shape, x.dtype)
-        entry = self.graphs.get(key)
-        if entry is None:
-            if self.failed or key not in self.seen:
-                self.seen.add(key)
-                return self.fn(x)
-            static_in = x.clone()
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    static_out = self.fn(static_in)
-            except Exception as exc:  # capture is an optimisation: fall back to eager
-                logger.warning("Mimi CUDA graph capture failed (%s); running eagerly", exc)
-                self.failed = True
-                return self.fn(x)
-            entry = self.graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
 
 
 class MimiCodec:
@@ -119,9 +76,9 @@ class MimiCodec:
         self.model = model.eval()
         self.check_finite = check_finite
         # On CUDA, streaming steps replay CUDA graphs unless DSM_NO_CUDA_GRAPH=1.
-        self.cuda_graphs = os.environ.get(NO_CUDA_GRAPH_ENV, "0") in ("", "0")
-        self._graphed_encode: _GraphedStep | None = None
-        self._graphed_decode: _GraphedStep | None = None
+        self.cuda_graphs = cuda_graphs_allowed()
+        self._graphed_encode: GraphedStep | None = None
+        self._graphed_decode: GraphedStep | None = None
 
     @property
     def device(self) -> torch.device:
@@ -303,7 +260,7 @@ class MimiCodec:
                 )
                 use_graphs = self.cuda_graphs and self.device.type == "cuda"
                 graphed_attr = "_graphed_encode" if name == "encoder" else "_graphed_decode"
-                setattr(self, graphed_attr, _GraphedStep(step) if use_graphs else None)
+                setattr(self, graphed_attr, GraphedStep(step) if use_graphs else None)
                 stack.callback(setattr, self, graphed_attr, None)
             yield MimiStream(self, controls["encoder"], controls["decoder"])
 
@@ -347,20 +304,6 @@ class MimiStream:
         """Restart the slots where ``mask`` is True (all when None) on both paths."""
         for control in self._controls:
             control.reset(None if mask is None else mask.to(control.exec_mask.device))
-
-
-def _read_safetensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"Mimi weights file not found: {path}")
-    try:
-        return load_file(str(path), device=str(device))
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated or "
-            "corrupt: download it again"
-        ) from exc
 
 
 def check_mimi_state(model: MimiModel, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -409,10 +352,11 @@ def load_mimi(
     ``config``: the architecture, default the published one (tests vary the context).
     """
     from dsm.checkpoint import resolve_mimi_file
+    from dsm.checkpoint.weights import read_safetensors
 
     path = Path(resolve_mimi_file(source, revision=revision))
     target = torch.device(device if device is not None else "cpu")
-    state = _read_safetensors(path, target)
+    state = read_safetensors(path)
     model = MimiModel(config or MimiConfig())
     check_mimi_state(model, state, str(path))
     model.to(target)

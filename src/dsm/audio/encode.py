@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import wave
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -42,6 +44,7 @@ __all__ = [
     "make_encoder",
     "pcm16",
     "wav_header",
+    "write_wav",
 ]
 
 COMPRESSED_BITRATE = 64000  # bits/s for mp3 and aac: transparent enough for 24 kHz speech
@@ -49,9 +52,18 @@ _UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def pcm16(pcm: np.ndarray) -> bytes:
-    """Float samples ``[S]`` as 16-bit little-endian bytes (clipped to [-1, 1])."""
+    """Float samples ``[S]`` as 16-bit little-endian bytes (clipped to [-1, 1], rounded)."""
     data = np.clip(np.asarray(pcm, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    return (data * 32767).astype("<i2").tobytes()
+    return bytes(np.round(data * 32767.0).astype("<i2").tobytes())
+
+
+def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio in [-1, 1] as a 16-bit PCM wav file."""
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(pcm16(pcm))
 
 
 def wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:

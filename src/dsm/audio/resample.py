@@ -15,10 +15,10 @@ import numpy as np
 import soxr
 
 from dsm.audio.checks import as_float32, check_finite, to_mono
+from dsm.frames import SAMPLE_RATE
 
 __all__ = ["SAMPLE_RATE", "StreamResampler", "resample"]
 
-SAMPLE_RATE = 24000  # Hz, the Mimi codec's rate (equals dsm.mimi.SAMPLE_RATE)
 # libsoxr "high quality": 20-bit precision, enough below float32 speech noise, and fast.
 _QUALITY = "HQ"
 

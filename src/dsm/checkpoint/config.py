@@ -15,6 +15,10 @@ from typing import Any
 
 from dsm.errors import ConfigError
 
+# Text ids every published checkpoint uses; configs may override them (defaults of the fields).
+TEXT_PADDING_ID = 3  # text padding: ids <= this are never part of the text
+END_OF_PADDING_ID = 0  # STT: a word starts at the next token; TTS: the model asks for a word
+
 __all__ = [
     "DEFAULT_MIMI_NAME",
     "DEFAULT_MOSHI_NAME",
@@ -78,8 +82,8 @@ class LMConfig:
     card: int = 1024
     text_card: int = 32000
     text_card_out: int | None = None
-    existing_text_padding_id: int = 3
-    existing_text_end_padding_id: int = 0
+    existing_text_padding_id: int = TEXT_PADDING_ID
+    existing_text_end_padding_id: int = END_OF_PADDING_ID
     delays: tuple[int, ...] = (0,)
     context: int | None = None
     max_period: float = 10000.0
@@ -188,7 +192,7 @@ class CheckpointConfig:
     tokenizer_name: str = DEFAULT_TOKENIZER_NAME
     mimi_config_name: str | None = None
     lora_name: str | None = None
-    text_padding_token_id: int = 3
+    text_padding_token_id: int = TEXT_PADDING_ID
     stt: STTConfig | None = None
     tts: TTSConfig | None = None
     lm_gen: LMGenConfig = field(default_factory=LMGenConfig)
@@ -460,7 +464,7 @@ def parse_config(raw: dict[str, Any]) -> CheckpointConfig:
             value = data.pop(key)
             files[key] = None if value is None else str(_expect(key, value, str, "a file name"))
     model_type = _choice("model_type", data.pop("model_type", "moshi"), MODEL_TYPES)
-    padding_id = _int("text_padding_token_id", data.pop("text_padding_token_id", 3))
+    padding_id = _int("text_padding_token_id", data.pop("text_padding_token_id", TEXT_PADDING_ID))
 
     stt_raw = _sub_dict("stt_config", data.pop("stt_config", None))
     _check_known("stt_config", stt_raw, {"audio_delay_seconds", "audio_silence_prefix_seconds"})

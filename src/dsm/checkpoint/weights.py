@@ -1,13 +1,39 @@
-"""Reading safetensors headers: tensor names, shapes and parameter counts without loading."""
+"""Reading safetensors files: all tensors (memory-mapped), or only the header (names, shapes,
+parameter counts). The one reader of checkpoint weights: the LM, Mimi and voice files use it."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsm.errors import CheckpointError
 
-__all__ = ["count_parameters_by_part", "read_shapes"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["count_parameters_by_part", "read_safetensors", "read_shapes"]
+
+
+def _unreadable(path: str | Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt: "
+        "download it again"
+    )
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, memory-mapped on CPU (pages are read on first use)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise _unreadable(path, exc) from exc
 
 
 def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -25,9 +51,7 @@ def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
     except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); re-download it"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     return out
 
 

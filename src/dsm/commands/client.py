@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from dsm.audio.encode import write_wav
 from dsm.errors import DsmError
+from dsm.frames import SAMPLE_RATE
 
 __all__ = ["OUTPUT_SUFFIXES", "add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
 
@@ -140,16 +141,6 @@ def run_stt(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = 24000) -> None:
-    """16-bit mono WAV."""
-    data = (np.clip(pcm, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(data.tobytes())
-
-
 def _output_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -180,7 +171,7 @@ def write_audio(path: str | Path, result: Any) -> float:
             out.write(encoder.header())
             out.write(encoder.encode(pcm))
             out.write(encoder.finish())
-    return float(pcm.shape[0] / 24000)
+    return float(pcm.shape[0] / SAMPLE_RATE)
 
 
 def run_tts(args: argparse.Namespace) -> int:

@@ -38,12 +38,11 @@ from urllib.parse import urlencode
 import numpy as np
 
 from dsm.errors import DsmError
+from dsm.frames import FRAME_SIZE, SAMPLE_RATE
 
 __all__ = ["LoadtestReport", "add_parser", "encode_audio_message", "percentiles", "run",
            "run_loadtest"]  # fmt: skip
 
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920  # samples per 80 ms frame, one model step
 FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
 FLUSH_FRAMES = 12  # silence frames per flush message (0.96 s)
 FLUSH_LIMIT_SECONDS = 40.0  # upstream's file client sends 40 s of silence around its marker

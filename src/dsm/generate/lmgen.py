@@ -36,12 +36,12 @@ import torch
 from dsm.generate.cuda_graph import GraphedPhase, cuda_graphs_enabled
 from dsm.generate.delay_ring import DelayRing
 from dsm.generate.sampling import SlotSampler, resolve_max_top_k
+from dsm.models.embeddings import ZERO_TOKEN_ID
 from dsm.models.lm import LMModel
 from dsm.nn.streaming import StreamingControl, streaming
 
 __all__ = ["ConditionsLike", "Hook", "StepOutput", "StreamingGenerator"]
 
-ZERO_TOKEN_ID = -1  # embedding exactly 0: "no input" (CFG null branch, TTS forced silence)
 
 Hook = Callable[[torch.Tensor], None]
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
-from dsm.errors import CheckpointError, ConfigError, WeightsError
+from dsm.checkpoint.weights import read_safetensors
+from dsm.errors import ConfigError, WeightsError
 from dsm.models.lm import LMModel
 from dsm.nn.linear import set_cpu_kernels
 
@@ -76,22 +77,6 @@ def target_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dt
     if key.startswith(FLOAT32_PREFIXES):
         return torch.float32
     return dtype
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, memory-mapped on CPU (pages are read on first use)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); re-download it"
-        ) from exc
 
 
 def check_state_dict(

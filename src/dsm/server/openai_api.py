@@ -16,20 +16,19 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiohttp import BodyPartReader, web
 
+from dsm.engine.stt import SttChannel
 from dsm.mimi import SAMPLE_RATE
-from dsm.server.stt_module import SttChannel
+from dsm.server.protocol import message_of
+from dsm.server.state import SERVER_KEY, DsmServer
 from dsm.stt.subtitles import build_cues, to_srt, to_vtt
 from dsm.stt.words import Word
 
-if TYPE_CHECKING:
-    from dsm.server.app import DsmServer
-
-__all__ = ["FORMATS", "TranscriptionResult", "add_openai_routes", "render", "transcribe_on_server"]
+__all__ = ["FORMATS", "TranscriptionResult", "add_routes", "render", "transcribe_on_server"]
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 _PUSH_BLOCK = SAMPLE_RATE * 10
@@ -101,7 +100,7 @@ async def transcribe_on_server(
             batch = await channel.get()
             if batch is None:
                 raise web.HTTPServiceUnavailable(text="the STT model stopped")
-            for message in batch:
+            for message in map(message_of, batch):
                 if message["type"] == "Error":
                     raise web.HTTPServiceUnavailable(text=message["message"])
                 result.on_message(message)
@@ -152,8 +151,6 @@ def _verbose(result: TranscriptionResult, words: bool) -> dict[str, Any]:
 
 
 async def _transcriptions(request: web.Request) -> web.StreamResponse:
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request)
     started = time.monotonic()
@@ -231,8 +228,6 @@ async def _stream(
 async def _upstream_post(request: web.Request) -> web.Response:
     """Upstream's one-shot ``POST /api/asr-streaming``: raw audio file body in, a JSON array of
     ``Word``/``EndWord`` messages out (server-protocol.md §2.8)."""
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request)
     data = await request.read()
@@ -253,8 +248,6 @@ async def _upstream_post(request: web.Request) -> web.Response:
 
 
 async def _models(request: web.Request) -> web.Response:
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request)
     created = int(server.started_at)
@@ -265,7 +258,7 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": models})
 
 
-def add_openai_routes(app: web.Application, server: DsmServer) -> None:
+def add_routes(app: web.Application, server: DsmServer) -> None:
     """Register the OpenAI-compatible routes (and upstream's one-shot STT POST)."""
     app.router.add_post("/v1/audio/transcriptions", _transcriptions)
     app.router.add_get("/v1/models", _models)

@@ -16,18 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 
 from dsm.audio.encode import AudioEncoder, available_formats, make_encoder, wav_header
-from dsm.server.tts_module import TtsChannel
+from dsm.engine.tts import TtsChannel
+from dsm.server.protocol import message_of
+from dsm.server.state import SERVER_KEY, DsmServer
 
-if TYPE_CHECKING:
-    from dsm.server.app import DsmServer
-
-__all__ = ["OPENAI_VOICES", "add_speech_route", "speech_formats", "wav_header"]
+__all__ = ["OPENAI_VOICES", "add_routes", "speech_formats", "wav_header"]
 
 OPENAI_VOICES = frozenset(
     ["alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"]
@@ -62,8 +61,6 @@ async def _claim(server: DsmServer, voice: str | None) -> TtsChannel | None:
 
 
 async def _speech(request: web.Request) -> web.StreamResponse:
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request)
     module = server.tts
@@ -103,7 +100,7 @@ async def _speech(request: web.Request) -> web.StreamResponse:
             batch = await channel.get()
             if batch is None:
                 break
-            for message in batch:
+            for message in map(message_of, batch):
                 if message["type"] == "Error":
                     if response is None:
                         return _error(400, message["message"])
@@ -137,6 +134,6 @@ async def _start(request: web.Request, encoder: AudioEncoder) -> web.StreamRespo
     return response
 
 
-def add_speech_route(app: web.Application) -> None:
+def add_routes(app: web.Application, server: DsmServer) -> None:
     """Register ``POST /v1/audio/speech``."""
     app.router.add_post("/v1/audio/speech", _speech)

@@ -21,6 +21,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from dsm.engine.events import ChannelEvent, FrameDone, MarkerDone, StreamDone
+from dsm.stt.word_stream import WordEnd, WordStart
+from dsm.stt.words import Word
+from dsm.tts.stream import AudioChunk
+
 __all__ = [
     "AudioIn",
     "MarkerIn",
@@ -30,6 +35,7 @@ __all__ = [
     "encode",
     "encode_audio",
     "error",
+    "message_of",
     "parse_stt_message",
 ]
 
@@ -208,3 +214,24 @@ class SttInput:
             return AudioIn(self._opus.push(parsed.data))
         except ValueError as exc:  # OggError, AudioError
             raise ProtocolError(f"invalid OggOpus data: {exc}") from None
+
+
+def message_of(event: ChannelEvent) -> dict[str, Any]:
+    """The protocol message of an engine event (``_Done`` ends an STT stream and is not sent)."""
+    if isinstance(event, WordStart):
+        return {"type": "Word", "text": event.text, "start_time": float(event.start)}
+    if isinstance(event, WordEnd):
+        return {"type": "EndWord", "stop_time": float(event.end)}
+    if isinstance(event, FrameDone):
+        return {"type": "Step", "step_idx": event.step, "prs": event.pause,
+                "buffered_pcm": event.buffered_samples}  # fmt: skip
+    if isinstance(event, MarkerDone):
+        return {"type": "Marker", "id": event.id}
+    if isinstance(event, StreamDone):
+        return {"type": "_Done", "text": event.text, "duration": event.duration}
+    if isinstance(event, Word):
+        return {"type": "Text", "text": event.text, "start_s": float(event.start),
+                "stop_s": float(event.end)}  # fmt: skip
+    if isinstance(event, AudioChunk):
+        return {"type": "Audio", "pcm": event.pcm}
+    return {"type": "Error", "message": event.message}

@@ -17,18 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from dsm.server.module import ModuleUnavailable
-from dsm.server.protocol import AudioIn, MarkerIn, ProtocolError, SttInput, encode, error
-from dsm.server.stt_module import SttChannel
+from dsm.engine.slots import ModuleUnavailable
+from dsm.engine.stt import SttChannel
+from dsm.server.protocol import (
+    AudioIn,
+    MarkerIn,
+    ProtocolError,
+    SttInput,
+    encode,
+    error,
+    message_of,
+)
+from dsm.server.state import SERVER_KEY, DsmServer
 
-if TYPE_CHECKING:
-    from dsm.server.app import DsmServer
-
-__all__ = ["NO_FREE_CHANNELS", "handle_stt_websocket"]
+__all__ = ["NO_FREE_CHANNELS", "add_routes", "handle_stt_websocket"]
 
 log = logging.getLogger("dsm.server")
 
@@ -51,7 +56,7 @@ async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: Dsm
             batch = await channel.get()
             if batch is None:
                 break
-            for message in batch:
+            for message in map(message_of, batch):
                 if not message["type"].startswith("_"):
                     await ws.send_bytes(encode(message))
             if channel.overflow:
@@ -103,8 +108,6 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
 
 async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
     """The STT WebSocket endpoint (auth, slot, Ready, then the two loops)."""
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request, allow_query=True)
     config = server.config
@@ -142,3 +145,9 @@ async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
             await asyncio.gather(sender, return_exceptions=True)
         log.info("stt connection on slot %d ended", channel.slot)
     return ws
+
+
+def add_routes(app: web.Application, server: DsmServer) -> None:
+    """Register the STT WebSocket route (when the server has an STT model)."""
+    if server.stt is not None:
+        app.router.add_get(server.config.stt.path, handle_stt_websocket)

@@ -35,15 +35,15 @@ import msgpack
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from dsm.server.module import ModuleUnavailable
-from dsm.server.protocol import ProtocolError, encode, error
-from dsm.server.tts_module import TtsChannel, TtsModule
+from dsm.engine.slots import ModuleUnavailable
+from dsm.engine.tts import TtsChannel, TtsModule
+from dsm.server.protocol import ProtocolError, encode, error, message_of
+from dsm.server.state import SERVER_KEY, DsmServer
 
 if TYPE_CHECKING:
     from dsm.audio.opus import OggOpusEncoder
-    from dsm.server.app import DsmServer
 
-__all__ = ["DEFAULT_FORMAT", "FORMATS", "TtsWire", "handle_tts_websocket"]
+__all__ = ["DEFAULT_FORMAT", "FORMATS", "TtsWire", "add_routes", "handle_tts_websocket"]
 
 log = logging.getLogger("dsm.server")
 
@@ -145,7 +145,7 @@ async def _send_loop(ws: web.WebSocketResponse, channel: TtsChannel, wire: TtsWi
             batch = await channel.get()
             if batch is None:
                 break
-            for message in batch:
+            for message in map(message_of, batch):
                 if message["type"] == "Error":
                     failure = str(message.get("message"))
                 payload = wire.message(message)
@@ -199,8 +199,6 @@ async def _receive_loop(
 
 async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     """The TTS WebSocket endpoint."""
-    from dsm.server.app import SERVER_KEY
-
     server = request.app[SERVER_KEY]
     server.check_key(request, allow_query=True)
     fmt = request.query.get("format", DEFAULT_FORMAT)
@@ -247,3 +245,9 @@ async def _reject(ws: web.WebSocketResponse, wire: TtsWire, message: str) -> web
             await ws.send_bytes(error(message))
         await _close(ws, wire, message)
     return ws
+
+
+def add_routes(app: web.Application, server: DsmServer) -> None:
+    """Register the TTS WebSocket route (when the server has a TTS model)."""
+    if server.tts is not None:
+        app.router.add_get(server.config.tts.path, handle_tts_websocket)

@@ -45,7 +45,7 @@ class SttEngine:
         batch_size: int,
         *,
         max_prompt_tokens: int = 0,
-        padding_ids: tuple[int, ...] = (0, 3),
+        padding_ids: tuple[int, ...] | None = None,
     ) -> None:
         self.codec = codec
         self.lm = lm
@@ -53,6 +53,8 @@ class SttEngine:
         self.device = next(iter(lm.parameters())).device
         self.n_q = int(lm.n_q)
         self.prompt: PromptForcer | None = None
+        if padding_ids is None:  # the ids a forced prompt lets through between its tokens
+            padding_ids = (lm.end_of_text_padding_id, lm.text_padding_token_id)
         if max_prompt_tokens > 0:
             self.prompt = PromptForcer(batch_size, max_prompt_tokens, padding_ids, self.device)
         self.generator = StreamingGenerator(

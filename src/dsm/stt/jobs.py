@@ -14,9 +14,9 @@ import numpy as np
 
 from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.framing import FeedPlan, feed_chunks, frames_of
+from dsm.stt.stream import EndOfTurn, PauseUpdate, SttStream
 from dsm.stt.transcript import Transcript
-from dsm.stt.vad import EndOfTurnDetector, VadOptions
-from dsm.stt.word_stream import WordStream
+from dsm.stt.vad import VadOptions
 from dsm.tokenizer import TextTokenizer
 
 __all__ = ["SILENCE_PEAK", "TranscriptionJob"]
@@ -66,32 +66,28 @@ class TranscriptionJob:
         self.cut_prompt = cut_prompt
         self._audio = _CountingAudio(audio)
         self._frames = frames_of(feed_chunks(plan, self._audio, prompt_audio))
-        self.step = 0  # the slot's next step
         self.frames_fed = 0  # frames handed out by next_frame
         self.fed_all = False
         self.done = False
-        # Compact per-step buffers: an hour of audio is 45,000 steps.
-        self.tokens = array("i")  # text tokens of steps 1.. (step 0 saw no audio)
         # Reference prompt script: drop the prompt's frames plus the delay and prefix.
-        self.cut_tokens = 0
+        cut_tokens = 0
         if plan.prompt_frames and cut_prompt:
-            self.cut_tokens = plan.prompt_frames + int(
+            cut_tokens = plan.prompt_frames + int(
                 (plan.delay_seconds + plan.prefix_seconds) * FRAME_RATE
             )
-        self.words = WordStream(
-            tokenizer.decode,
-            tokenizer.encode,
-            frame_rate=FRAME_RATE,
-            offset_seconds=plan.word_offset_seconds,
-            padding_id=padding_id,
-        )
+        self.stream = SttStream(
+            tokenizer, plan, padding_id=padding_id, vad=vad, vad_heads=vad_heads,
+            cut_tokens=cut_tokens, keep_forced=not cut_prompt,
+        )  # fmt: skip
         self.pause_rows = array("f")  # [steps * n_heads], row-major
         self.pause_times = array("f")
         self.pause_heads = 0
         self.end_of_turns: list[float] = []
-        self.detector: EndOfTurnDetector | None = None
-        if vad is not None and vad_heads > 0:
-            self.detector = EndOfTurnDetector(vad, vad_heads)
+
+    @property
+    def step(self) -> int:
+        """The slot's next step."""
+        return self.stream.step
 
     def next_frame(self) -> np.ndarray | None:
         """The next 1920-sample frame to encode, or None once everything was fed."""
@@ -113,33 +109,22 @@ class TranscriptionJob:
 
     def consume(self, token: int, pause: list[float] | None, forced: bool) -> None:
         """Take the slot's output of one step; marks the job done after the last frame."""
-        step = self.step
-        self.step += 1
-        if step > 0:
-            index = len(self.tokens)
-            keep = not (forced and self.cut_prompt) and index >= self.cut_tokens
-            self.tokens.append(token if keep else -1)
-            word_token = token if keep else self.padding_id
-            for event in self.words.push(step, word_token):
-                if self.detector is not None and hasattr(event, "text"):
-                    self.detector.on_word()
-            if pause is not None:
-                heard = max(0.0, step / FRAME_RATE - self.plan.input_offset_seconds)
-                self.pause_rows.extend(pause)
-                self.pause_times.append(heard)
-                self.pause_heads = len(pause)
-                if self.detector is not None and self.detector.update(pause):
-                    self.end_of_turns.append(heard)
+        for event in self.stream.push(token, pause, forced):
+            if isinstance(event, PauseUpdate):
+                self.pause_rows.extend(event.probabilities)
+                self.pause_times.append(event.time)
+                self.pause_heads = len(event.probabilities)
+            elif isinstance(event, EndOfTurn):
+                self.end_of_turns.append(event.time)
         self.check_done()
 
     def result(self) -> Transcript:
         """The finished transcript (call once :attr:`done`)."""
-        self.words.finish(self.step - 1)
-        kept = [t for t in self.tokens if t > self.padding_id]
+        self.stream.finish()
         duration = self._audio.samples / SAMPLE_RATE
         transcript = Transcript(
-            text=self.tokenizer.decode(kept).strip(),
-            words=list(self.words.words),
+            text=self.stream.text,
+            words=list(self.stream.words.words),
             duration=duration,
             source=self.source,
         )

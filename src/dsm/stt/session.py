@@ -14,40 +14,21 @@ silence as fast as the model runs, so the last words arrive without waiting in r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
-from dsm.stt.vad import EndOfTurnDetector, VadOptions
-from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+from dsm.stt.stream import EndOfTurn, PauseUpdate, SttEvent, SttStream
+from dsm.stt.vad import VadOptions
 
 if TYPE_CHECKING:
     from dsm.stt.model import SpeechToText
 
 __all__ = ["EndOfTurn", "PauseUpdate", "SttEvent", "SttSession"]
-
-
-@dataclass(frozen=True)
-class PauseUpdate:
-    """Pause probabilities at horizons 0.5, 1, 2, 3 s after ``time`` seconds of audio."""
-
-    time: float
-    probabilities: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class EndOfTurn:
-    """The end-of-turn detector fired after ``time`` seconds of audio."""
-
-    time: float
-
-
-SttEvent = WordStart | WordEnd | PauseUpdate | EndOfTurn
 
 
 class SttSession:
@@ -71,16 +52,11 @@ class SttSession:
         self.engine = SttEngine(stt.codec, stt.lm, 1, max_prompt_tokens=len(prompt_tokens))
         self.engine.start()
         self.engine.start_slot([0], [prompt_tokens] if prompt_tokens else None)
-        self.words = WordStream(
-            stt.tokenizer.decode,
-            stt.tokenizer.encode,
-            frame_rate=FRAME_RATE,
-            offset_seconds=self.plan.word_offset_seconds,
-            padding_id=stt.padding_id,
-        )
-        self.detector = EndOfTurnDetector(vad, stt.vad_heads) if vad is not None else None
-        self.step_index = 0
-        self.tokens: list[int] = []
+        self.vad = vad
+        self.stream = SttStream(
+            stt.tokenizer, self.plan, padding_id=stt.padding_id, vad=vad,
+            vad_heads=stt.vad_heads if vad is not None else 0,
+        )  # fmt: skip
         self._buffer = np.zeros(0, dtype=np.float32)
         self._pcm = torch.zeros(1, FRAME_SIZE, dtype=torch.float32)
         self._closed = False
@@ -131,33 +107,23 @@ class SttSession:
         pad = (-self._buffer.shape[0]) % FRAME_SIZE
         events += self._feed(np.zeros(pad + self.plan.right_samples, dtype=np.float32))
         events += self._step(None)
-        events += list(self.words.finish(self.step_index - 1))
+        events += self.stream.finish()
         return events
+
+    @property
+    def tokens(self) -> list[int]:
+        """Text tokens of steps 1.. (-1 for forced prompt tokens)."""
+        return list(self.stream.tokens)
 
     def _step(self, frame: np.ndarray | None) -> list[SttEvent]:
         feed = torch.tensor([frame is not None])
         if frame is not None:
             self._pcm[0] = torch.from_numpy(np.ascontiguousarray(frame))
         out = self.engine.step(self._pcm.to(self.stt.codec.device), torch.tensor([True]), feed)
-        step = self.step_index
-        self.step_index += 1
-        if step == 0:
-            return []
-        token = int(out.tokens[0])
         forced = bool(out.forced[0]) if out.forced is not None else False
-        self.tokens.append(token)
-        events: list[SttEvent] = []
-        for event in self.words.push(step, self.stt.padding_id if forced else token):
-            events.append(event)
-            if isinstance(event, WordStart) and self.detector is not None:
-                self.detector.on_word()
-        if out.pause is not None and self.detector is not None:
-            probs = tuple(float(p) for p in out.pause[0].tolist())
-            time = max(0.0, step / FRAME_RATE - self.plan.input_offset_seconds)
-            events.append(PauseUpdate(time, probs))
-            if self.detector.update(probs):
-                events.append(EndOfTurn(time))
-        return events
+        # Pause updates are reported with VAD on.
+        pause = out.pause[0].tolist() if out.pause is not None and self.vad is not None else None
+        return self.stream.push(int(out.tokens[0]), pause, forced)
 
     def close(self) -> None:
         """Release the session's state."""

@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dsm.checkpoint.config import END_OF_PADDING_ID, TEXT_PADDING_ID
 from dsm.stt.words import Word
 
 __all__ = ["END_OF_PADDING_ID", "PAD_ID", "PendingWord", "WordEnd", "WordStart", "WordStream"]
 
-END_OF_PADDING_ID = 0  # "end of padding": a word starts at the next non-padding token
-PAD_ID = 3  # text padding; ids <= PAD_ID are never part of the text
+PAD_ID = TEXT_PADDING_ID  # text padding; ids <= PAD_ID are never part of the text
 DEFAULT_MAX_END_FRAMES = 12.5  # reference: the last word spans at most one second
 
 

@@ -40,6 +40,7 @@ import torch
 from dsm.generate.lmgen import StreamingGenerator
 from dsm.mimi import FRAME_RATE, MimiCodec, MimiStream
 from dsm.models.conditioners import Conditions
+from dsm.models.embeddings import ZERO_TOKEN_ID
 from dsm.models.lm import LMModel
 from dsm.stt.words import Word
 from dsm.tts.entries import Entry
@@ -49,7 +50,6 @@ from dsm.tts.state_machine import MachineState, StateMachine
 __all__ = ["CLICK_FRAMES", "SlotOutput", "TtsEngine"]
 
 CLICK_FRAMES = 2  # decoded frames dropped at the start (the reference removes a click there)
-ZERO_TOKEN_ID = -1  # embedded as exactly zero: "no audio yet" and absent input streams
 DEFAULT_MAX_STEPS = 30000  # the reference's max_gen_length (40 minutes)
 
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from dsm.checkpoint.config import END_OF_PADDING_ID, TEXT_PADDING_ID
 from dsm.errors import DsmError
 
 __all__ = [
@@ -37,8 +38,8 @@ __all__ = [
     "script_to_entries",
 ]
 
-NEW_WORD_TOKEN = 0  # text id the model samples to ask for the next word (tokenizer's unk id)
-PAD_TOKEN = 3  # text padding id
+NEW_WORD_TOKEN = END_OF_PADDING_ID  # the model samples it to ask for the next word (unk id)
+PAD_TOKEN = TEXT_PADDING_ID  # text padding id
 MAIN_SPEAKER_TOKEN = 1  # put before the first word of an even turn (the main speaker)
 OTHER_SPEAKER_TOKEN = 2  # put before the first word of an odd turn (the other speaker)
 UNKNOWN_TOKEN = 0  # SentencePiece's unk id in Kyutai tokenizers; it collides with NEW_WORD_TOKEN

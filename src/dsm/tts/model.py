@@ -28,7 +28,6 @@ voice, forced as an audio prefix (:mod:`dsm.tts.prefix`)::
 
 from __future__ import annotations
 
-import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import torch
 
+from dsm.audio.encode import write_wav
 from dsm.checkpoint import CheckpointConfig, open_checkpoint
 from dsm.errors import CheckpointError, DsmError
 from dsm.mimi import FRAME_RATE, SAMPLE_RATE, MimiCodec
@@ -72,17 +72,6 @@ CONTROL_CONDITION = "control"  # LUT always set to "ok" by the reference
 # on an audio prefix, a recording. Tensors: a [1, dim, T] embedding, or [n_q, P] prefix codes.
 Voice = str | Path | torch.Tensor
 EMBEDDING_EXT = ".safetensors"
-
-
-def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono float audio in [-1, 1] as a 16-bit PCM wav file."""
-    data = np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0)
-    ints = np.round(data * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(ints.tobytes())
 
 
 @dataclass
@@ -380,6 +369,14 @@ class TextToSpeech:
             )
         return self.voice_prefix(given[0]) if given else None
 
+    def slot_conditions(self, voice: Voice | None, cfg: float) -> Conditions | None:
+        """The condition rows of a slot speaking with ``voice`` (None for a checkpoint without
+        conditioners); a voice given as an audio prefix is not part of them (see
+        :meth:`slot_prefix`)."""
+        if not self._conditioners:
+            return None
+        return self.conditions([voice] if self.multi_speaker else [], cfg)
+
     def conditions(self, voices: Sequence[Voice | None], cfg: float) -> Conditions:
         """One slot's condition rows: voices in speaker slots 0, 1, ... and the cfg value.
 
@@ -493,8 +490,6 @@ class TextToSpeech:
             ]
             return Conditions.cat(cond + null)
         return Conditions.cat(rows)
-
-    _batch_conditions = batch_conditions  # the name used by early callers
 
     @torch.no_grad()
     def _generate(

@@ -11,16 +11,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from dsm.audio.encode import pcm16
 from dsm.errors import DsmError
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 
-__all__ = ["AudioSink", "open_sink", "to_s16le"]
-
-
-def to_s16le(pcm: np.ndarray) -> bytes:
-    """Float audio in [-1, 1] as little-endian 16-bit PCM bytes."""
-    data = np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0)
-    return bytes(np.round(data * 32767.0).astype("<i2").tobytes())
+__all__ = ["AudioSink", "open_sink"]
 
 
 class AudioSink:
@@ -50,7 +45,7 @@ class WavSink(AudioSink):
         self._wav.setframerate(SAMPLE_RATE)
 
     def write(self, pcm: np.ndarray) -> None:
-        self._wav.writeframes(to_s16le(pcm))
+        self._wav.writeframes(pcm16(pcm))
 
     def close(self) -> None:
         self._wav.close()
@@ -63,7 +58,7 @@ class PipeSink(AudioSink):
         self.stream = stream
 
     def write(self, pcm: np.ndarray) -> None:
-        self.stream.write(to_s16le(pcm))
+        self.stream.write(pcm16(pcm))
         self.stream.flush()
 
     def close(self) -> None:

@@ -36,7 +36,6 @@ __all__ = ["PREFIX_TRIM_FRAMES", "PrefixTable", "encode_voice_prefix", "load_voi
 # The reference drops the last two encoded frames of a voice recording (``get_prefix``): they
 # are encoded from the zero padding of the last, partial frame and the convolutions' look-ahead.
 PREFIX_TRIM_FRAMES = 2
-ZERO_TOKEN_ID = -1  # fed as text during the prefix: embedded as exactly zero
 
 
 @torch.no_grad()

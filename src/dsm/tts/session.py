@@ -18,30 +18,14 @@ lazy form of :meth:`TtsSession.push` (events are yielded as each step produces t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
-from dsm.stt.words import Word
-from dsm.tts.entries import ScriptSplitter
+from dsm.tts.stream import AudioChunk, TtsEvent, TtsStream
 
 if TYPE_CHECKING:
     from dsm.tts.model import TextToSpeech, Voice
 
 __all__ = ["AudioChunk", "TtsEvent", "TtsSession"]
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """80 ms of output audio: float32 ``pcm [1920]`` starting at ``start`` seconds."""
-
-    pcm: np.ndarray
-    start: float
-
-
-TtsEvent = AudioChunk | Word
 
 
 class TtsSession:
@@ -57,19 +41,12 @@ class TtsSession:
         seed: int | None = None,
     ) -> None:
         self.tts = tts
-        prefix = tts.slot_prefix([voice])
-        rows = tts.conditions([voice] if tts.multi_speaker else [], cfg)
-        conditions = tts.batch_conditions([rows])
-        self.engine = tts.make_engine(1, conditions, cfg=cfg, temperature=temperature, seed=seed)
+        self.stream = TtsStream(tts, voice=voice, cfg=cfg)
+        rows = self.stream.conditions
+        template = tts.batch_conditions([rows]) if rows is not None else None
+        self.engine = tts.make_engine(1, template, cfg=cfg, temperature=temperature, seed=seed)
         self.engine.start()
-        self.engine.start_slot(0, prefix=prefix)
-        self.maker = tts.entry_maker()
-        self.maker.new_turn(0)
-        self.splitter = ScriptSplitter()
-        self.turn = 0
-        self.frames = 0
-        self.ended = False
-        self.done = False
+        self.stream.start(self.engine, 0)
 
     def __enter__(self) -> TtsSession:
         return self
@@ -80,19 +57,16 @@ class TtsSession:
     def close(self) -> None:
         self.engine.close()
 
-    def _add(self, events: list[tuple[str, str]]) -> None:
-        entries = [
-            self.maker.word(value) if kind == "word" else self.maker.pause(value)
-            for kind, value in events
-        ]
-        if entries:
-            self.engine.push(0, entries)
+    @property
+    def done(self) -> bool:
+        """The audio is complete."""
+        return self.stream.done
 
     def push_iter(self, text: str) -> Iterator[TtsEvent]:
         """Add ``text`` and run the steps it allows, yielding events as they come."""
-        if self.ended:
+        if self.stream.ended:
             raise RuntimeError("the session has ended; open a new one")
-        self._add(self.splitter.push(text))
+        self.stream.push(text)
         yield from self._run()
 
     def push(self, text: str) -> list[TtsEvent]:
@@ -101,17 +75,12 @@ class TtsSession:
 
     def next_turn(self) -> list[TtsEvent]:
         """End the current speaker turn; following text is the other speaker's (dialogs)."""
-        self._add(self.splitter.finish())
-        self.turn += 1
-        self.maker.new_turn(self.turn)
+        self.stream.next_turn()
         return list(self._run())
 
     def end_iter(self) -> Iterator[TtsEvent]:
         """No more text: yield the remaining events until the audio is complete."""
-        if not self.ended:
-            self._add(self.splitter.finish())
-            self.ended = True
-            self.engine.finish(0)
+        self.stream.finish()
         yield from self._run()
 
     def end(self) -> list[TtsEvent]:
@@ -119,12 +88,6 @@ class TtsSession:
         return list(self.end_iter())
 
     def _run(self) -> Iterator[TtsEvent]:
-        engine = self.engine
-        while not self.done and engine.can_step(0):
-            for out in engine.step():
-                yield from out.words
-                if out.pcm is not None:
-                    yield AudioChunk(out.pcm, self.frames * FRAME_SIZE / SAMPLE_RATE)
-                    self.frames += 1
-                if out.done:
-                    self.done = True
+        while self.stream.can_step:
+            for out in self.engine.step():
+                yield from self.stream.events(out)

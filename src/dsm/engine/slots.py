@@ -27,11 +27,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
+
+from dsm.engine.events import ChannelError, ChannelEvent
 
 __all__ = ["Channel", "ModelModule", "ModuleUnavailable"]
 
-log = logging.getLogger("dsm.server")
+log = logging.getLogger("dsm.engine")
 
 _ids = itertools.count(1)
 END = None  # sentinel in a channel's queue: no more messages
@@ -42,7 +44,7 @@ class ModuleUnavailable(RuntimeError):
 
 
 class Channel:
-    """One connection's mailbox to a slot. Messages are plain dicts in protocol shape."""
+    """One connection's mailbox to a slot: lists of :mod:`~dsm.engine.events` events."""
 
     def __init__(self, slot: int, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
         self.slot = slot
@@ -50,14 +52,14 @@ class Channel:
         self.loop = loop
         self.max_pending = max_pending
         self.lock = threading.Lock()
-        self.queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[list[ChannelEvent] | None] = asyncio.Queue()
         self.pending = 0  # messages delivered but not yet taken (event loop side)
         self.overflow = False
         self.closed = False  # released by the connection; the model thread ignores it
         self.started = False  # the model thread has reset the slot for this channel
         self.opened_at = time.monotonic()
 
-    def deliver(self, messages: list[dict[str, Any]] | None) -> None:
+    def deliver(self, messages: list[ChannelEvent] | None) -> None:
         """Queue messages for the connection (from any thread); ``None`` ends the stream."""
         if self.closed and messages is not None:
             return
@@ -65,7 +67,7 @@ class Channel:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._put, messages)
 
-    def _put(self, messages: list[dict[str, Any]] | None) -> None:
+    def _put(self, messages: list[ChannelEvent] | None) -> None:
         if messages is not None:
             if not messages:
                 return
@@ -74,7 +76,7 @@ class Channel:
                 self.overflow = True
         self.queue.put_nowait(messages)
 
-    async def get(self, timeout: float | None = None) -> list[dict[str, Any]] | None:
+    async def get(self, timeout: float | None = None) -> list[ChannelEvent] | None:
         """Next batch of messages, or None once the stream ended (event loop side)."""
         if timeout is None:
             batch = await self.queue.get()
@@ -85,8 +87,8 @@ class Channel:
         return batch
 
     def fail(self, message: str) -> None:
-        """Send an ``Error`` then end the stream (from any thread)."""
-        self.deliver([{"type": "Error", "message": message}])
+        """Send a :class:`ChannelError` then end the stream (from any thread)."""
+        self.deliver([ChannelError(message)])
         self.deliver(END)
 
 

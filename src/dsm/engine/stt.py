@@ -2,12 +2,15 @@
 
 Per connection, an :class:`SttChannel` holds what :class:`~dsm.stt.session.SttSession` holds
 for a single stream, minus the engine: the audio queue (any chunk length, re-cut into
-1920-sample frames, the checkpoint's silence prefix first), the word assembler, markers and
-counters. Every iteration steps all slots that have a full frame (or owe a final step) in one
-batched forward; idle slots do not advance. The loop is not paced to real time.
+1920-sample frames, the checkpoint's silence prefix first), the stream's
+:class:`~dsm.stt.stream.SttStream` (words, text), markers and counters. Every iteration steps
+all slots that have a full frame (or owe a final step) in one batched forward; idle slots do
+not advance. The loop is not paced to real time.
 
-Messages per consumed frame, in order (server-protocol.md §2.3): ``Step`` (checkpoints with VAD
-heads), then ``Word``/``EndWord``, then due ``Marker``\\ s.
+Events per consumed frame, in order (:mod:`dsm.engine.events`; the server sends them as the
+messages of server-protocol.md §2.3): ``FrameDone`` (``Step``, checkpoints with VAD heads), then
+``WordStart``/``WordEnd`` (``Word``/``EndWord``), then due ``MarkerDone`` (``Marker``), and
+``StreamDone`` at the end.
 
 Differences from upstream, on purpose:
 
@@ -32,13 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsm.mimi import FRAME_RATE, FRAME_SIZE
-from dsm.server.metrics import ServerMetrics
-from dsm.server.module import Channel, ModelModule
+from dsm.engine.events import ChannelEvent, FrameDone, MarkerDone, StreamDone
+from dsm.engine.metrics import ServerMetrics
+from dsm.engine.slots import Channel, ModelModule
+from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.model import SpeechToText
-from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+from dsm.stt.stream import SttEvent, SttStream
+from dsm.stt.word_stream import WordEnd, WordStart
 
 __all__ = ["SttChannel", "SttModule"]
 
@@ -59,8 +64,6 @@ class SttChannel(Channel):
     ) -> None:
         super().__init__(slot, loop, max_pending)
         self.plan = plan_feed(stt.prefix_seconds, stt.delay_seconds)
-        self.padding_id = stt.padding_id
-        self.decode = stt.tokenizer.decode
         self.max_buffered_samples = max_buffered_samples
         # Input side (under ``lock``).
         self._chunks: deque[np.ndarray] = deque()
@@ -76,18 +79,11 @@ class SttChannel(Channel):
         self._markers: deque[tuple[int, int]] = deque()  # (client samples before it, id)
         self.end_of_stream = False
         # Model-thread side.
-        self.words = WordStream(
-            stt.tokenizer.decode,
-            stt.tokenizer.encode,
-            frame_rate=FRAME_RATE,
-            offset_seconds=self.plan.word_offset_seconds,
-            padding_id=stt.padding_id,
-        )
+        self.stream = SttStream(stt.tokenizer, self.plan, padding_id=stt.padding_id)
         self.delay_steps = math.ceil(stt.delay_seconds * FRAME_RATE - 1e-6)
         self.step_index = 0
         self.fed_samples = 0
         self.client_frames_reported = 0
-        self.tokens: list[int] = []
         self.frame_arrival: float | None = None
         self._padded = False
         self._final_done = False
@@ -170,8 +166,8 @@ class SttChannel(Channel):
                 return _FINAL
             return None
 
-    def _due_markers(self, step: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _due_markers(self, step: int) -> list[ChannelEvent]:
+        out: list[ChannelEvent] = []
         with self.lock:
             while self._markers:
                 before, marker_id = self._markers[0]
@@ -181,50 +177,35 @@ class SttChannel(Channel):
                 if step < frames + self.delay_steps + 1 and not self._final_done:
                     break
                 self._markers.popleft()
-                out.append({"type": "Marker", "id": marker_id})
+                out.append(MarkerDone(marker_id))
         return out
 
     def consume(
         self, token: int, prs: list[float] | None, fed: bool, global_step: int
-    ) -> list[dict[str, Any]]:
-        """Turn this slot's output of one step into protocol messages."""
+    ) -> list[ChannelEvent]:
+        """Turn this slot's output of one step into the channel's events."""
         step = self.step_index
         self.step_index += 1
-        messages: list[dict[str, Any]] = []
+        events: list[ChannelEvent] = []
         if fed:
             self.fed_samples += FRAME_SIZE
             client_frames = max(0, self.fed_samples - self.plan.left_samples) // FRAME_SIZE
             if prs is not None and client_frames > self.client_frames_reported:
                 self.client_frames_reported += 1
-                messages.append(
-                    {"type": "Step", "step_idx": global_step, "prs": prs,
-                     "buffered_pcm": self.buffered}
-                )  # fmt: skip
-        if step > 0:
-            self.tokens.append(token)
-            messages += _word_messages(self.words.push(step, token))
+                events.append(FrameDone(global_step, prs, self.buffered))
+        events += _words(self.stream.push(token))
         if self._final_done and not fed:
-            messages += _word_messages(self.words.finish(step))
-            messages += self._due_markers(step)
-            kept = [t for t in self.tokens if t > self.padding_id]
-            messages.append(
-                {"type": "_Done", "text": self.decode(kept).strip(),
-                 "duration": self.received / 24000.0}
-            )  # fmt: skip
+            events += _words(self.stream.finish())
+            events += self._due_markers(step)
+            events.append(StreamDone(self.stream.text, self.received / SAMPLE_RATE))
             self.done = True
-            return messages
-        messages += self._due_markers(step)
-        return messages
+            return events
+        events += self._due_markers(step)
+        return events
 
 
-def _word_messages(events: list[WordStart | WordEnd]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for event in events:
-        if isinstance(event, WordStart):
-            out.append({"type": "Word", "text": event.text, "start_time": float(event.start)})
-        else:
-            out.append({"type": "EndWord", "stop_time": float(event.end)})
-    return out
+def _words(events: list[SttEvent]) -> list[ChannelEvent]:
+    return [e for e in events if isinstance(e, (WordStart, WordEnd))]
 
 
 class SttModule(ModelModule[SttChannel]):
@@ -321,11 +302,11 @@ class SttModule(ModelModule[SttChannel]):
         pauses = out.pause.tolist() if out.pause is not None else None
         now = time.monotonic()
         for c, fed, arrival in work:
-            messages = c.consume(
+            events = c.consume(
                 int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
                 self.steps,
             )  # fmt: skip
-            c.deliver(messages)
+            c.deliver(events)
             if arrival is not None and fed:
                 self.metrics.asr_frame_latency.observe(now - arrival)
         return True

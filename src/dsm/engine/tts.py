@@ -3,8 +3,9 @@
 A connection's :class:`TtsChannel` queues text (each ``Text`` message holds whole words, as
 upstream splits every message on whitespace) and the end of the text; the model thread turns
 the text into entries, steps every slot whose next step is decided by the text it has (a slot
-waiting for words does not advance), and sends ``Audio`` (exactly 1920 samples) and ``Text``
-(word timings, ``start_s``/``stop_s`` in seconds of the output audio) as they come. When a
+waiting for words does not advance), and delivers the events of the slot's
+:class:`~dsm.tts.stream.TtsStream` as they come: ``AudioChunk`` (exactly 1920 samples; the
+server's ``Audio``) and ``Word`` (spans in seconds of the output audio; ``Text``). When a
 slot's audio is complete the stream ends and the server closes the socket.
 
 Differences from upstream, on purpose: an unknown voice is answered with an ``Error`` (upstream
@@ -15,11 +16,16 @@ silently uses the default voice, DSM issue #99); ``Text`` times are on the audio
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsm.server.metrics import ServerMetrics
-from dsm.server.module import END, Channel, ModelModule
-from dsm.tts.entries import ScriptSplitter
+from dsm.engine.metrics import ServerMetrics
+from dsm.engine.slots import END, Channel, ModelModule
+from dsm.errors import DsmError
+from dsm.tts.stream import TtsStream
+
+if TYPE_CHECKING:
+    from dsm.tts.engine import TtsEngine
+    from dsm.tts.model import TextToSpeech
 
 __all__ = ["TtsChannel", "TtsModule"]
 
@@ -35,10 +41,7 @@ class TtsChannel(Channel):
         self.words_received = 0
         self.first_text_at: float | None = None
         # Model-thread side.
-        self.splitter = ScriptSplitter()
-        self.maker: Any = None
-        self.finished = False  # engine.finish was called
-        self.frames = 0
+        self.stream: TtsStream | None = None
         self.steps = 0
         self.done = False
 
@@ -72,7 +75,7 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def __init__(
         self,
-        tts: Any,
+        tts: TextToSpeech,
         batch_size: int,
         metrics: ServerMetrics,
         *,
@@ -92,7 +95,7 @@ class TtsModule(ModelModule[TtsChannel]):
         self.seed = seed
         self.path = path
         self.max_pending_messages = max_pending_messages
-        self.engine: Any = None
+        self.engine: TtsEngine | None = None
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
         self.on_release = self._released
@@ -107,23 +110,20 @@ class TtsModule(ModelModule[TtsChannel]):
     def _released(self, channel: TtsChannel) -> None:
         self.metrics.py_connection_steps.observe(channel.steps)
 
-    def _conditions(self, voice: str | None) -> Any:
-        tts = self.tts
-        if tts.multi_speaker:
-            return tts.conditions([voice], self.cfg)
-        if tts.cfg_values:
-            return tts.conditions([], self.cfg)
-        return None
-
     def warmup(self) -> None:
-        rows = self._conditions(self.default_voice)
+        rows = self.tts.slot_conditions(self.default_voice, self.cfg)
         template = None
         if rows is not None:
-            template = self.tts._batch_conditions([rows] * self.batch_size)
+            template = self.tts.batch_conditions([rows] * self.batch_size)
         self.engine = self.tts.make_engine(
             self.batch_size, template, cfg=self.cfg, temperature=self.temperature, seed=self.seed
         )
         self.engine.start()
+
+    def _engine(self) -> TtsEngine:
+        if self.engine is None:
+            raise RuntimeError("the TTS module's engine is not started (warmup runs first)")
+        return self.engine
 
     def shutdown_model(self) -> None:
         if self.engine is not None:
@@ -131,41 +131,31 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def _bind(self, channel: TtsChannel) -> None:
         """Start the channel's slot with its voice (an unknown voice fails the channel)."""
-        from dsm.errors import DsmError
-
         self._bound[channel.slot] = channel
         try:
-            rows = self._conditions(channel.voice)
+            stream = TtsStream(self.tts, voice=channel.voice, cfg=self.cfg)
         except (DsmError, ValueError, OSError) as exc:
             channel.done = True
             channel.fail(str(exc))
             return
-        self.engine.start_slot(channel.slot, rows)
-        channel.maker = self.tts.entry_maker()
-        channel.maker.new_turn(0)
+        stream.start(self._engine(), channel.slot)
+        channel.stream = stream
         channel.started = True
 
     def _feed(self, channel: TtsChannel) -> None:
+        stream = channel.stream
+        assert stream is not None
         texts, eos = channel.take()
-        events: list[tuple[str, str]] = []
         for text in texts:
-            events += channel.splitter.push(text + " ")
-        if eos and not channel.finished:
-            events += channel.splitter.finish()
-        entries = [
-            channel.maker.word(value) if kind == "word" else channel.maker.pause(value)
-            for kind, value in events
-        ]
-        if entries:
-            self.engine.push(channel.slot, entries)
-        if eos and not channel.finished:
-            channel.finished = True
+            stream.push(text + " ")
+        if eos and not stream.ended:
             if channel.words_received == 0:  # Eos before any text: nothing to say (upstream)
-                self.engine.release(channel.slot)
+                stream.ended = True
+                self._engine().release(channel.slot)
                 channel.done = True
                 channel.deliver(END)
                 return
-            self.engine.finish(channel.slot)
+            stream.finish()
 
     def iterate(self) -> bool:
         with self.lock:
@@ -174,7 +164,7 @@ class TtsModule(ModelModule[TtsChannel]):
             current = channels[slot]
             if bound is not None and bound is not current:
                 if not bound.done:
-                    self.engine.release(slot)
+                    self._engine().release(slot)
                 self._bound[slot] = None
         for channel in channels:
             if channel is None or channel.closed or channel.done:
@@ -184,10 +174,10 @@ class TtsModule(ModelModule[TtsChannel]):
                 if not channel.started:
                     continue
             self._feed(channel)
-        if not self.engine.busy:
+        if not self._engine().busy:
             return False
         start = time.perf_counter()
-        outputs = self.engine.step()
+        outputs = self._engine().step()
         if not outputs:
             return False
         self.metrics.py_step.observe(time.perf_counter() - start)
@@ -199,16 +189,11 @@ class TtsModule(ModelModule[TtsChannel]):
             if channel is None or channel.closed:
                 continue
             channel.steps += 1
-            messages: list[dict[str, Any]] = []
-            for word in out.words:
-                messages.append({"type": "Text", "text": word.text, "start_s": float(word.start),
-                                 "stop_s": float(word.end)})  # fmt: skip
-            if out.pcm is not None:
-                if channel.frames == 0 and channel.first_text_at is not None:
-                    self.metrics.tts_first_audio.observe(time.monotonic() - channel.first_text_at)
-                channel.frames += 1
-                messages.append({"type": "Audio", "pcm": out.pcm})
-            channel.deliver(messages)
+            assert channel.stream is not None
+            first_audio = channel.stream.frames == 0 and out.pcm is not None
+            if first_audio and channel.first_text_at is not None:
+                self.metrics.tts_first_audio.observe(time.monotonic() - channel.first_text_at)
+            channel.deliver(list(channel.stream.events(out)))
             if out.done:
                 channel.done = True
                 self._bound[out.slot] = None
