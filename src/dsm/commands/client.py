@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from dsm.errors import DsmError
+from dsm.extras import import_optional, require
 
 __all__ = ["OUTPUT_SUFFIXES", "add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
 
@@ -86,6 +86,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SERVER_MODULES = ("aiohttp", "msgpack")  # what the WebSocket clients import
+
+
+def _client_error() -> type[Exception]:
+    error: type[Exception] = import_optional("aiohttp", "dsm client").ClientError
+    return error
+
+
 def _frames(audio: np.ndarray, size: int) -> list[np.ndarray]:
     return [audio[i : i + size] for i in range(0, audio.shape[0], size)]
 
@@ -105,6 +113,7 @@ async def _mic_chunks() -> AsyncIterator[np.ndarray]:
 
 def run_stt(args: argparse.Namespace) -> int:
     """Stream a file or the microphone; print the words."""
+    require("dsm client", *SERVER_MODULES)
     from dsm.mimi import FRAME_SIZE
     from dsm.server.client import stt_session
     from dsm.stt.words import Word
@@ -129,7 +138,7 @@ def run_stt(args: argparse.Namespace) -> int:
         result = asyncio.run(
             stt_session(args.url, chunks, api_key=args.api_key, rtf=rtf, flush=flush, on_word=show)
         )
-    except (OSError, aiohttp.ClientError) as exc:
+    except (OSError, _client_error()) as exc:
         raise DsmError(f"could not reach the server at {args.url}: {exc}") from None
     print()
     if args.timestamps:
@@ -185,6 +194,7 @@ def write_audio(path: str | Path, result: Any) -> float:
 
 def run_tts(args: argparse.Namespace) -> int:
     """Send text, write the audio."""
+    require("dsm client", *SERVER_MODULES)
     from dsm.server.client import tts_session
 
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -196,7 +206,7 @@ def run_tts(args: argparse.Namespace) -> int:
         result = asyncio.run(
             tts_session(args.url, text, voice=args.voice, api_key=args.api_key, fmt=fmt)
         )
-    except (OSError, aiohttp.ClientError) as exc:
+    except (OSError, _client_error()) as exc:
         raise DsmError(f"could not reach the server at {args.url}: {exc}") from None
     for message in result.errors:
         print(f"dsm: server error: {message}", file=sys.stderr)

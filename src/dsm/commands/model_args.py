@@ -66,4 +66,4 @@ def load_model(
             **extra,
         )
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}\nWith a local copy of the checkpoint, run: {usage}") from None
+        raise CheckpointError(f"{exc} With a local copy, run: {usage}") from None

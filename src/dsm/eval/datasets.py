@@ -158,12 +158,9 @@ def iter_hub_dataset(
 
 def load_hub_dataset(name: str, *, streaming: bool = False, token: bool | str | None = None) -> Any:
     """``datasets.load_dataset`` for an alias or hub name (see :func:`resolve_dataset`)."""
-    try:
-        import datasets
-    except ImportError as exc:
-        raise RuntimeError(
-            "hub datasets need the datasets package: `pip install 'dsm[eval]'`"
-        ) from exc
+    from dsm.extras import import_optional
+
+    datasets = import_optional("datasets", "hub datasets")
     spec = resolve_dataset(name)
     return datasets.load_dataset(
         spec.path, spec.config, split=spec.split, streaming=streaming, token=token
