@@ -25,20 +25,9 @@ import numpy as np
 from dsm.errors import DsmError
 from dsm.extras import import_optional, require
 
-__all__ = ["OUTPUT_SUFFIXES", "add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
+__all__ = ["add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
 
 DEFAULT_URL = "ws://127.0.0.1:8080"
-# output file suffix -> dsm.audio.encode format
-OUTPUT_SUFFIXES = {
-    ".wav": "wav",
-    ".ogg": "opus",
-    ".opus": "opus",
-    ".mp3": "mp3",
-    ".flac": "flac",
-    ".aac": "aac",
-    ".pcm": "pcm",
-    ".raw": "pcm",
-}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -160,13 +149,12 @@ def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = 24000) -> No
 
 
 def _output_format(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise DsmError(
-            f"can't tell the audio type of {str(path)!r} from its suffix; "
-            f"use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    return OUTPUT_SUFFIXES[suffix]
+    from dsm.audio.encode import format_of_path
+
+    try:
+        return format_of_path(str(path))
+    except ValueError as exc:
+        raise DsmError(str(exc)) from None
 
 
 def write_audio(path: str | Path, result: Any) -> float:

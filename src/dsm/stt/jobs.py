@@ -17,6 +17,7 @@ from dsm.stt.framing import FeedPlan, feed_chunks, frames_of
 from dsm.stt.transcript import Transcript
 from dsm.stt.vad import EndOfTurnDetector, VadOptions
 from dsm.stt.word_stream import WordStream
+from dsm.stt.words import fit_words, join_words
 from dsm.tokenizer import TextTokenizer
 
 __all__ = ["SILENCE_PEAK", "TranscriptionJob"]
@@ -135,11 +136,11 @@ class TranscriptionJob:
     def result(self) -> Transcript:
         """The finished transcript (call once :attr:`done`)."""
         self.words.finish(self.step - 1)
-        kept = [t for t in self.tokens if t > self.padding_id]
         duration = self._audio.samples / SAMPLE_RATE
+        words = fit_words(self.words.words, duration)
         transcript = Transcript(
-            text=self.tokenizer.decode(kept).strip(),
-            words=list(self.words.words),
+            text=join_words(words),
+            words=words,
             duration=duration,
             source=self.source,
         )
