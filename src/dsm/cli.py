@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from dsm import __version__
-from dsm.errors import DsmError
+from dsm.errors import DsmError, MissingExtraError
+from dsm.extras import missing_extra
 
 __all__ = ["build_parser", "main"]
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "text-to-speech.",
     )
     parser.add_argument("--version", action="version", version=f"dsm {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     for name in _COMMANDS:
         importlib.import_module(name).add_parser(subparsers)
     return parser
@@ -49,6 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args))
+    except MissingExtraError as exc:
+        print(f"dsm: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        missing = missing_extra(exc, f"dsm {args.command}")
+        if missing is None:
+            raise
+        print(f"dsm: error: {missing}", file=sys.stderr)
+        return 2
     except DsmError as exc:
         print(f"dsm: error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DsmError", "WeightsError"]
+__all__ = ["CheckpointError", "ConfigError", "DsmError", "MissingExtraError", "WeightsError"]
 
 
 class DsmError(Exception):
@@ -19,3 +19,10 @@ class CheckpointError(DsmError, RuntimeError):
 
 class WeightsError(CheckpointError):
     """A weights file does not match the model: missing, unexpected or mis-shaped keys."""
+
+
+class MissingExtraError(DsmError, RuntimeError):
+    """An optional dependency is not installed; the message names the extra to install.
+
+    The command line exits with status 2 on it.
+    """

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsm.stt.word_stream import words_from_tokens
+from dsm.stt.words import join_words
 from tests.helpers.hub_layout import save_hub_safetensors
 from tests.helpers.reference_lm import STT_LIKE, make_reference_lm_dir
 from tests.helpers.reference_mimi import build_reference_mimi, save_reference_mimi
@@ -92,7 +94,11 @@ class _PromptOracle:
 def reference_transcribe(
     ref: ReferenceStt, pcm: np.ndarray, prompt_text: str | None = None
 ) -> tuple[str, list[int]]:
-    """The reference pipeline on 24 kHz mono ``pcm``: (text, output tokens)."""
+    """The reference pipeline on 24 kHz mono ``pcm``: (text, output tokens).
+
+    The text is made from the reference's tokens by dsm's one rule for text and words (words
+    split at the model's word-start markers, joined by spaces), so equal texts mean equal
+    tokens up to that rule."""
     from moshi.models.lm import LMGen
 
     stt = ref.config["stt_config"]
@@ -114,5 +120,5 @@ def reference_transcribe(
                 gen.step(codes)
             out = gen.step(codes)
             tokens.append(int(out[0, 0, 0]))
-    kept = [t for t in tokens if t > 3]
-    return ref.tokenizer.decode(kept), tokens
+    words = words_from_tokens(tokens, ref.tokenizer.decode, ref.tokenizer.encode)
+    return join_words(words), tokens

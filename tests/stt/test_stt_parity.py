@@ -30,7 +30,7 @@ def test_single_input_equals_reference(
     pcm = _audio(2.0, seed=1)  # 25 frames + 1.5 s of padding: well past the 12-step context
     ref_text, ref_tokens = reference_transcribe(ref_stt, pcm)
     result = stt.transcribe(pcm, sample_rate=24000)
-    # Same non-special tokens (so same text) as the reference.
+    # Same tokens (so same text, made from the tokens by one rule) as the reference.
     assert result.text == ref_text.strip()
     assert len(ref_tokens) > 2 * ref_stt.config["context"]
     print(f"reference tokens: {len(ref_tokens)}, text: {ref_text!r}")
@@ -76,8 +76,7 @@ def test_streaming_session_equals_offline(stt: dsm.SpeechToText) -> None:
         events += session.flush()
     texts = [e.text for e in events if isinstance(e, dsm.stt.word_stream.WordStart)]
     assert texts == [w.text for w in offline.words]
-    kept = [t for t in session.tokens if t > 3]
-    assert stt.tokenizer.decode(kept).strip() == offline.text
+    assert " ".join(texts) == offline.text  # joining the words gives the text
 
 
 def test_bad_inputs_fail_cleanly(stt: dsm.SpeechToText, tmp_path: Path) -> None:

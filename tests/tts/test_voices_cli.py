@@ -133,10 +133,15 @@ def test_cli_writes_wav_and_streams_to_a_pipe(
     assert frames > 0 and frames % 1920 == 0
     assert '"text": "Hello"' in words.read_text()
 
-    # --stream: each stdin line spoken as read; "-o -" into a pipe writes raw s16le.
-    code, raw = _cli(["synthesize", "--stream", "-o", "-", *model], monkeypatch, "Hello\nworld.\n")
+    # "-o -" into a pipe writes raw s16le: the same samples as the wav file.
+    code, raw = _cli(["synthesize", "Hello world.", "-o", "-", *model], monkeypatch)
     assert code == 0
     np.testing.assert_array_equal(np.frombuffer(raw, dtype="<i2"), data)
+    # --stream: each stdin line is one utterance, spoken when its newline arrives.
+    code, raw = _cli(["synthesize", "--stream", "-o", "-", *model], monkeypatch, "Hello\nworld.\n")
+    assert code == 0
+    one = [_cli(["synthesize", t, "-o", "-", *model], monkeypatch)[1] for t in ("Hello", "world.")]
+    assert raw == one[0] + one[1]
 
     code, listing = _cli(
         ["voices", "--model", str(ref_tts.directory), "--voice-repo", str(ref_tts.voice_dir)],

@@ -27,7 +27,7 @@ import struct
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import av
@@ -37,10 +37,12 @@ from dsm.audio.opus import OggOpusEncoder, av_frame, opus_available
 from dsm.audio.resample import SAMPLE_RATE
 
 __all__ = [
+    "FILE_SUFFIXES",
     "FORMATS",
     "AudioEncoder",
     "EncodedFormat",
     "available_formats",
+    "format_of_path",
     "make_encoder",
     "pcm16",
     "wav_header",
@@ -237,6 +239,31 @@ FORMATS = {
         EncodedFormat("pcm", "audio/pcm", None),
     )
 }
+
+
+# Output file suffix -> format name, for tools that write a file of the type its name says.
+FILE_SUFFIXES = {
+    ".wav": "wav",
+    ".ogg": "opus",
+    ".opus": "opus",
+    ".mp3": "mp3",
+    ".flac": "flac",
+    ".aac": "aac",
+    ".pcm": "pcm",
+    ".raw": "pcm",
+}
+
+
+def format_of_path(path: str) -> str:
+    """The format a file name's suffix names (:data:`FILE_SUFFIXES`); ``ValueError`` saying the
+    known suffixes for any other."""
+    suffix = PurePath(path).suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise ValueError(
+            f"can't tell the audio type of {path!r} from its suffix; "
+            f"use one of {', '.join(FILE_SUFFIXES)}"
+        )
+    return FILE_SUFFIXES[suffix]
 
 
 def available_formats() -> tuple[str, ...]:

@@ -25,7 +25,8 @@ import numpy as np
 
 from dsm.audio.decode import FRAME_SIZE
 from dsm.audio.resample import SAMPLE_RATE, StreamResampler
-from dsm.errors import DsmError
+from dsm.errors import DsmError, MissingExtraError
+from dsm.extras import install_hint
 
 __all__ = [
     "Microphone",
@@ -37,7 +38,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-INSTALL_HINT = "install it with `pip install 'dsm[mic]'`"
 _QUEUE_SECONDS = 10.0  # capture kept while the consumer is busy, before dropping
 _POLL_SECONDS = 0.1  # queue wait, so Ctrl-C and close() are noticed promptly
 
@@ -46,13 +46,17 @@ class MicrophoneError(DsmError, RuntimeError):
     """No microphone support (sounddevice/PortAudio missing) or no usable input device."""
 
 
+class MissingSounddeviceError(MicrophoneError, MissingExtraError):
+    """The ``sounddevice`` package (``dsm[mic]``) is not installed."""
+
+
 def import_sounddevice() -> ModuleType:
     """Import ``sounddevice`` or raise :class:`MicrophoneError` saying how to install it."""
     try:
         import sounddevice
     except ImportError as exc:
-        raise MicrophoneError(
-            f"microphone input needs the sounddevice package: {INSTALL_HINT}"
+        raise MissingSounddeviceError(
+            f"the microphone and the sound card need the sounddevice package: {install_hint('mic')}"
         ) from exc
     except OSError as exc:  # sounddevice is installed but the PortAudio library is not
         raise MicrophoneError(

@@ -16,6 +16,9 @@ how to provide it.
 from __future__ import annotations
 
 import os
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from dsm.errors import CheckpointError
 __all__ = [
     "Checkpoint",
     "HubLocation",
+    "hub_reachable",
     "open_checkpoint",
     "parse_source",
     "resolve_file",
@@ -43,6 +47,9 @@ _LOCAL_HELP = (
     "(e.g. copied from a machine with hub access via `hf download {repo} --local-dir DIR`), "
     "or fill the Hugging Face cache (HF_HUB_CACHE) and run with HF_HUB_OFFLINE=1."
 )
+# How long the one reachability check of the hub may take before the hub counts as unreachable.
+PROBE_SECONDS = 3.0
+_reachable: dict[str, bool] = {}  # endpoint -> probe result, once per process
 
 
 @dataclass(frozen=True)
@@ -103,14 +110,70 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT).rstrip("/")
+
+
+def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
+    """Whether the hub endpoint (``HF_ENDPOINT``) answers HTTP within ``timeout`` seconds.
+
+    Asked once per process and endpoint: any HTTP answer counts, a refused connection, a
+    failed name lookup or silence does not. Proxies of the environment are used.
+    """
+    endpoint = _endpoint()
+    if endpoint not in _reachable:
+        answer: list[bool] = []
+
+        def probe() -> None:
+            request = urllib.request.Request(endpoint, method="HEAD")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout):
+                    answer.append(True)
+            except urllib.error.HTTPError:
+                answer.append(True)  # it answered, even if not with 200
+            except (OSError, ValueError):
+                answer.append(False)
+
+        thread = threading.Thread(target=probe, name="dsm-hub-probe", daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)  # a hanging name lookup does not honour the socket timeout
+        _reachable[endpoint] = bool(answer and answer[0])
+    return _reachable[endpoint]
+
+
+def _unreachable_message(location: HubLocation) -> str:
+    return (
+        f"the Hugging Face hub ({_endpoint()}) is unreachable and {location} is not in the local "
+        f"hub cache. Use a local checkpoint: --model DIR (a directory holding config.json and "
+        f"the files it names, e.g. from `hf download {location.repo_id} --local-dir DIR` on a "
+        "machine with hub access), or fill the hub cache (HF_HUB_CACHE) and set HF_HUB_OFFLINE=1."
+    )
+
+
 def hub_download(location: HubLocation, *, local_files_only: bool | None = None) -> Path:
-    """Fetch one hub file through ``huggingface_hub`` (its cache first; offline = cache only)."""
+    """Fetch one hub file through ``huggingface_hub`` (its cache first; offline = cache only).
+
+    Unless offline, the hub's reachability is checked once (:func:`hub_reachable`); when it is
+    unreachable, only the cache is read, so a missing file fails in seconds instead of after
+    ``huggingface_hub``'s retries.
+    """
     assert location.filename is not None
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CheckpointError("huggingface_hub is required to fetch hub checkpoints") from exc
     offline = _offline() if local_files_only is None else local_files_only
+    if not offline and not hub_reachable():
+        try:
+            path = hf_hub_download(
+                location.repo_id, location.filename, revision=location.revision,
+                local_files_only=True,
+            )  # fmt: skip
+        except Exception as exc:
+            raise CheckpointError(_unreachable_message(location)) from exc
+        return Path(str(path))
     try:
         path = hf_hub_download(
             location.repo_id,

@@ -19,27 +19,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from dsm.audio.encode import write_wav
 from dsm.errors import DsmError
+from dsm.extras import import_optional, require
 from dsm.frames import SAMPLE_RATE
 
-__all__ = ["OUTPUT_SUFFIXES", "add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
+__all__ = ["add_parser", "run_stt", "run_tts", "write_audio", "write_wav"]
 
 DEFAULT_URL = "ws://127.0.0.1:8080"
-# output file suffix -> dsm.audio.encode format
-OUTPUT_SUFFIXES = {
-    ".wav": "wav",
-    ".ogg": "opus",
-    ".opus": "opus",
-    ".mp3": "mp3",
-    ".flac": "flac",
-    ".aac": "aac",
-    ".pcm": "pcm",
-    ".raw": "pcm",
-}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -87,6 +76,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SERVER_MODULES = ("aiohttp", "msgpack")  # what the WebSocket clients import
+
+
+def _client_error() -> type[Exception]:
+    error: type[Exception] = import_optional("aiohttp", "dsm client").ClientError
+    return error
+
+
 def _frames(audio: np.ndarray, size: int) -> list[np.ndarray]:
     return [audio[i : i + size] for i in range(0, audio.shape[0], size)]
 
@@ -106,6 +103,7 @@ async def _mic_chunks() -> AsyncIterator[np.ndarray]:
 
 def run_stt(args: argparse.Namespace) -> int:
     """Stream a file or the microphone; print the words."""
+    require("dsm client", *SERVER_MODULES)
     from dsm.mimi import FRAME_SIZE
     from dsm.server.client import stt_session
     from dsm.stt.words import Word
@@ -130,7 +128,7 @@ def run_stt(args: argparse.Namespace) -> int:
         result = asyncio.run(
             stt_session(args.url, chunks, api_key=args.api_key, rtf=rtf, flush=flush, on_word=show)
         )
-    except (OSError, aiohttp.ClientError) as exc:
+    except (OSError, _client_error()) as exc:
         raise DsmError(f"could not reach the server at {args.url}: {exc}") from None
     print()
     if args.timestamps:
@@ -142,13 +140,12 @@ def run_stt(args: argparse.Namespace) -> int:
 
 
 def _output_format(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise DsmError(
-            f"can't tell the audio type of {str(path)!r} from its suffix; "
-            f"use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    return OUTPUT_SUFFIXES[suffix]
+    from dsm.audio.encode import format_of_path
+
+    try:
+        return format_of_path(str(path))
+    except ValueError as exc:
+        raise DsmError(str(exc)) from None
 
 
 def write_audio(path: str | Path, result: Any) -> float:
@@ -176,6 +173,7 @@ def write_audio(path: str | Path, result: Any) -> float:
 
 def run_tts(args: argparse.Namespace) -> int:
     """Send text, write the audio."""
+    require("dsm client", *SERVER_MODULES)
     from dsm.server.client import tts_session
 
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -187,7 +185,7 @@ def run_tts(args: argparse.Namespace) -> int:
         result = asyncio.run(
             tts_session(args.url, text, voice=args.voice, api_key=args.api_key, fmt=fmt)
         )
-    except (OSError, aiohttp.ClientError) as exc:
+    except (OSError, _client_error()) as exc:
         raise DsmError(f"could not reach the server at {args.url}: {exc}") from None
     for message in result.errors:
         print(f"dsm: server error: {message}", file=sys.stderr)

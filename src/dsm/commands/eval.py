@@ -9,6 +9,7 @@ import numpy as np
 
 from dsm.commands.model_args import add_model_arguments
 from dsm.commands.transcribe import load_from_args
+from dsm.extras import require
 
 __all__ = ["add_parser", "run"]
 
@@ -47,6 +48,7 @@ def _factory(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the summary table."""
+    require("dsm eval", "jiwer", "whisper_normalizer")
     from dsm.eval.runner import run_eval_cli
 
     return run_eval_cli(args, _factory)

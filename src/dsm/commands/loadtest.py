@@ -38,10 +38,11 @@ from urllib.parse import urlencode
 import numpy as np
 
 from dsm.errors import DsmError
+from dsm.extras import require
 from dsm.frames import FRAME_SIZE, SAMPLE_RATE
 
-__all__ = ["LoadtestReport", "add_parser", "encode_audio_message", "percentiles", "run",
-           "run_loadtest"]  # fmt: skip
+__all__ = ["LoadtestReport", "add_parser", "encode_audio_message", "latency_table", "percentiles",
+           "run", "run_loadtest"]  # fmt: skip
 
 FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
 FLUSH_FRAMES = 12  # silence frames per flush message (0.96 s)
@@ -54,21 +55,26 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "loadtest",
         help="measure a running server with N concurrent real-time sessions",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__.split("\n\n")[0].replace("``", "") if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--url", default="ws://127.0.0.1:8080", help="server URL")
     parser.add_argument("--api-key", default="public_token", help="kyutai-api-key")
     parser.add_argument("-n", "--sessions", type=int, default=8, help="concurrent STT sessions")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per session")
-    parser.add_argument("--audio", default=None, help="audio file to stream (looped)")
+    parser.add_argument("--audio", default=None, help="audio file to stream, looped (None: noise)")
     parser.add_argument("--late-ms", type=float, default=250.0, help="lateness threshold")
     parser.add_argument(
         "--model-delay-ms", type=float, default=None,
-        help="the STT model's text delay, subtracted from word latencies (default: the "
+        help="the STT model's text delay, subtracted from word latencies (None: the "
         "server's modules_info, if it says)",
     )  # fmt: skip
     parser.add_argument("--tts-sessions", type=int, default=0, help="concurrent TTS sessions")
-    parser.add_argument("--tts-text", default="Hello there, this is a load test of the server.")
+    parser.add_argument(
+        "--tts-text",
+        default="Hello there, this is a load test of the server.",
+        help="text each TTS session sends",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -114,18 +120,12 @@ class LoadtestReport:
     wall_seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        """The report as human-readable lines."""
-        na = "n/a"
+        """The report as human-readable lines: counts, then a table of the latencies."""
         out = [
-            f"sessions: {self.completed}/{self.sessions} STT completed, {len(self.errors)} errors",
+            f"STT sessions: {self.completed}/{self.sessions} completed, {len(self.errors)} errors",
             f"frames: {self.frames} sent, {self.steps} Steps, {self.missing_steps} missing, "
             f"{self.late_frames} late",
-            f"Step latency (frame sent -> Step received): {self.step_latency or na}",
-            f"word latency raw (start frame sent -> Word received): {self.word_latency or na} "
-            f"({self.words} words)",
-            f"word latency minus the model delay ({self.model_delay_seconds} s): "
-            f"{self.word_latency_corrected or na}",
-            f"connect -> Ready: {self.connect_latency or na}",
+            f"words: {self.words}",
         ]
         if self.server_step_ms is not None:
             out.append(f"server STT step time: {self.server_step_ms:.2f} ms mean over "
@@ -133,13 +133,35 @@ class LoadtestReport:
         if self.tts_sessions:
             out.append(f"TTS: {self.tts_completed}/{self.tts_sessions} completed, "
                        f"{self.tts_frames} frames")  # fmt: skip
-            out.append(f"TTS first audio (first Text sent -> first Audio): "
-                       f"{self.tts_first_audio or na}")  # fmt: skip
             if self.tts_server_step_ms is not None:
                 out.append(f"server TTS step time: {self.tts_server_step_ms:.2f} ms mean")
+        delay = "n/a" if self.model_delay_seconds is None else f"{self.model_delay_seconds:g} s"
+        rows = [
+            ("Step latency (frame sent -> Step)", self.step_latency),
+            ("word latency (start frame sent -> Word)", self.word_latency),
+            (f"word latency minus model delay ({delay})", self.word_latency_corrected),
+            ("connect -> Ready", self.connect_latency),
+        ]
+        if self.tts_sessions:
+            rows.append(("TTS first Text -> first Audio", self.tts_first_audio))
+        out.extend(latency_table(rows))
         for e in sorted(set(self.errors))[:10]:
             out.append(f"error: {e} (x{self.errors.count(e)})")
         return out
+
+
+_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
+def latency_table(rows: list[tuple[str, dict[str, float]]]) -> list[str]:
+    """Aligned lines: one row per measure, columns p50/p90/p99/max in ms ("-" when empty)."""
+    width = max(len(name) for name, _ in rows)
+    head = f"{'latency (ms)':<{width}}" + "".join(f"{c[:-3]:>9}" for c in _COLUMNS)
+    lines = [head]
+    for name, values in rows:
+        cells = "".join(f"{values[c]:>9.1f}" if c in values else f"{'-':>9}" for c in _COLUMNS)
+        lines.append(f"{name:<{width}}{cells}")
+    return lines
 
 
 # -- audio ------------------------------------------------------------------------------------
@@ -459,6 +481,7 @@ def _fill_stt(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dsm loadtest``; exit status 1 when any session failed or a frame was late."""
+    require("dsm loadtest", "aiohttp", "msgpack")
     if args.sessions < 0 or args.seconds <= 0 or args.tts_sessions < 0:
         raise DsmError("--sessions and --tts-sessions must be >= 0 and --seconds positive")
     delay = None if args.model_delay_ms is None else args.model_delay_ms / 1000

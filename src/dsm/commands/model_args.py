@@ -65,4 +65,4 @@ def load_model(
             **extra,
         )
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}\nWith a local copy of the checkpoint, run: {usage}") from None
+        raise CheckpointError(f"{str(exc).rstrip('.')}. With a local copy, run: {usage}") from None

@@ -15,6 +15,7 @@ import signal
 from typing import Any
 
 from dsm.errors import DsmError
+from dsm.extras import require
 
 __all__ = ["add_parser", "apply_overrides", "build_parser_for_tests", "run"]
 
@@ -118,6 +119,7 @@ async def _serve(config: Any, stt: Any, tts: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the models and serve until interrupted."""
+    require("dsm serve", "aiohttp", "msgpack", "prometheus_client")
     from dsm.server.config import load_server_config
 
     logging.basicConfig(

@@ -30,8 +30,10 @@ def add_parser(subparsers: Any) -> None:
         "-o",
         "--output",
         default="out.wav",
-        help="wav file to write (default out.wav); '-' plays on the sound card when stdout is "
-        "a terminal (needs dsm[mic]), else writes raw s16le 24 kHz mono to stdout",
+        help="audio file to write (default out.wav), of the type its suffix names: .wav, .mp3, "
+        ".flac, .ogg/.opus, .aac, .pcm/.raw (other suffixes are refused); '-' plays on the sound "
+        "card when stdout is a terminal (needs dsm[mic]), else writes raw s16le 24 kHz mono to "
+        "stdout",
     )
     parser.add_argument("--voice", default=None, help=f"voice name or .safetensors embedding "
                         f"(default {DEFAULT_VOICE})")  # fmt: skip
@@ -42,7 +44,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible output")
     parser.add_argument("--n-q", type=int, default=None, help="audio codebooks to generate")
-    parser.add_argument("--stream", action="store_true", help="speak each stdin line at once")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="speak each stdin line as soon as its newline arrives (each line is one utterance)",
+    )
     parser.add_argument("--words", default=None, help="write word timings (JSON) to this file")
     add_model_arguments(parser, DEFAULT_TTS)
     parser.set_defaults(func=run)
@@ -71,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
         raise DsmError("--stream reads the text from stdin: drop TEXT (or give '-')")
     if args.output == "-" and args.words == "-":
         raise DsmError("--words - and -o - cannot both use stdout")
+    if args.output != "-":
+        from dsm.audio.encode import format_of_path
+
+        try:
+            format_of_path(args.output)  # refuse an unknown suffix before loading the model
+        except ValueError as exc:
+            raise DsmError(str(exc)) from None
     tts = load_from_args(args)
     if args.stream:
         return _run_stream(args, tts)
@@ -92,28 +105,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_stream(args: argparse.Namespace, tts: Any) -> int:
+    """One utterance per stdin line, each spoken (and written) as soon as its newline arrives:
+    the model needs the words after a word before it speaks it, so a line's last words are
+    only spoken once its text ends."""
+    from dataclasses import replace
+    from itertools import chain
+
+    from dsm.mimi import SAMPLE_RATE
     from dsm.tts.output import open_sink
     from dsm.tts.session import AudioChunk
 
-    words = []
-    with (
-        tts.stream(
-            voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
-        ) as session,
-        open_sink(args.output) as sink,
-    ):
-
-        def handle(events: Any) -> None:
-            for event in events:
-                if isinstance(event, AudioChunk):
-                    sink.write(event.pcm)
-                else:
-                    words.append(event)
-
-        if sys.stdin.isatty():
-            print("Type text, one line at a time (Ctrl-D to end):", file=sys.stderr)
-        for line in sys.stdin:
-            handle(session.push_iter(line))
-        handle(session.end_iter())
+    words: list[Any] = []
+    if sys.stdin.isatty():
+        print("Type text, one line at a time (Ctrl-D to end):", file=sys.stderr)
+    offset = 0.0  # seconds of audio written before this line's
+    with open_sink(args.output) as sink:
+        for line in iter(sys.stdin.readline, ""):  # no read-ahead past the newline
+            if not line.strip():
+                continue
+            samples = 0
+            with tts.stream(
+                voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
+            ) as session:
+                for event in chain(session.push_iter(line), session.end_iter()):
+                    if isinstance(event, AudioChunk):
+                        sink.write(event.pcm)
+                        samples += event.pcm.shape[0]
+                    else:
+                        words.append(
+                            replace(event, start=event.start + offset, end=event.end + offset)
+                        )
+            offset += samples / SAMPLE_RATE
     _write_words(args.words, words)
     return 0

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from dsm.commands.model_args import add_model_arguments, load_model
+from dsm.commands.outputs import NAMING_RULE, InOrder, output_names
 from dsm.errors import DsmError
 
 __all__ = ["add_parser", "load_from_args", "run"]
 
 FORMATS = ("txt", "json", "srt", "vtt")
+ALL = "all"  # every format at once (needs -o)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -24,11 +26,31 @@ def add_parser(subparsers: Any) -> None:
         "transcribe",
         help="transcribe audio files (or the microphone) to text with word timestamps",
         description="Transcribe audio files (wav, flac, ogg/opus, mp3, ... any sample rate) with "
-        "a Kyutai STT checkpoint. With one file and no -o the result goes to stdout.",
+        "a Kyutai STT checkpoint. Without -o the results go to stdout, in argument order. On a "
+        "terminal a progress bar counts audio seconds.",
     )
     parser.add_argument("files", nargs="*", help="audio files")
-    parser.add_argument("--format", "-f", choices=FORMATS, default="txt", help="output format")
-    parser.add_argument("-o", "--output-dir", default=None, help="write <name>.<format> files here")
+    parser.add_argument(
+        "--format", "-f", choices=(*FORMATS, ALL), default="txt",
+        help="output format; 'all' writes every format (needs -o)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--output-dir", default=None,
+        help=f"write <name>.<format> files in this folder instead of stdout; {NAMING_RULE}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--language", default=None,
+        help="accepted for Whisper compatibility and ignored: the checkpoints need no language "
+        "hint (stt-1b: English and French, stt-2.6b: English)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+        help="no progress bar (there is none anyway when stderr is not a terminal)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="print each word to stderr as it is decoded, with its start time",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="inputs transcribed together")
     parser.add_argument("--vad", action="store_true", help="semantic VAD (pause probabilities)")
     parser.add_argument("--vad-head", type=int, default=2, help="end-of-turn head (0..3)")
@@ -42,7 +64,6 @@ def add_parser(subparsers: Any) -> None:
         "--keep-prompt", action="store_true", help="keep the prompt's transcript in the output"
     )
     parser.add_argument("--mic", action="store_true", help="transcribe the microphone live")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser, DEFAULT_STT)
     parser.set_defaults(func=run)
 
@@ -66,6 +87,8 @@ def _render(result: Any, fmt: str, vad: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Transcribe; exit status 1 if any input failed (the others are still written)."""
+    from dsm.audio import audio_duration
+    from dsm.progress import AudioProgress
     from dsm.stt.transcript import TranscriptionFailure
     from dsm.stt.vad import VadOptions
 
@@ -78,14 +101,21 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DsmError("--batch-size must be at least 1")
     several = len(args.files) > 1
+    if args.output_dir is None and args.format == ALL:
+        raise DsmError("-f all writes one file per format: give -o DIR (e.g. -o .)")
     if several and args.output_dir is None and args.format in ("srt", "vtt"):
         raise DsmError(f"{args.format} output for several files needs -o DIR")
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    formats = FORMATS if args.format == ALL else (args.format,)
+    names = output_names(args.files)
     vad = VadOptions(args.vad_head, args.vad_threshold, args.vad_smoothing) if args.vad else None
     stt = load_from_args(args)
     failures = 0
+    show = not args.quiet and sys.stderr.isatty()
+    durations = [_duration(audio_duration, f) if show else None for f in args.files]
+    bar = AudioProgress(args.files, durations, enabled=show, desc="transcribing")
 
     def emit(index: int, result: Any) -> None:
         nonlocal failures
@@ -96,29 +126,53 @@ def run(args: argparse.Namespace) -> int:
             return
         for warning in result.warnings:
             print(f"dsm: warning: {source}: {warning}", file=sys.stderr)
-        text = _render(result, args.format, args.vad)
         if out_dir is not None:
-            target = out_dir / f"{Path(source).stem}.{args.format}"
-            target.write_text(text, encoding="utf-8")
+            for fmt in formats:
+                text = _render(result, fmt, args.vad)
+                (out_dir / f"{names[index]}.{fmt}").write_text(text, encoding="utf-8")
         elif several and args.format == "json":
             record = {"file": source, **result.to_dict(vad=args.vad)}
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif several:
-            print(f"# {source}\n{text}", end="", flush=True)
+            print(f"# {source}\n{_render(result, args.format, args.vad)}", end="", flush=True)
         else:
-            print(text, end="", flush=True)
+            print(_render(result, args.format, args.vad), end="", flush=True)
 
-    stt.transcribe_many(
-        args.files,
-        batch_size=args.batch_size,
-        vad=vad,
-        prompt_text=args.prompt_text,
-        prompt_audio=args.prompt_audio,
-        cut_prompt=not args.keep_prompt,
-        progress=not args.no_progress and several and sys.stderr.isatty(),
-        on_result=emit,
-    )
+    in_order = InOrder(emit)
+
+    def finished(index: int, result: Any) -> None:
+        bar.finish(index, getattr(result, "duration", None))
+        in_order.put(index, result)
+
+    def word(index: int, w: Any) -> None:
+        prefix = f"{args.files[index]}: " if several else ""
+        print(f"{prefix}[{w.start:8.2f}] {w.text}", file=sys.stderr, flush=True)
+
+    try:
+        stt.transcribe_many(
+            args.files,
+            batch_size=args.batch_size,
+            vad=vad,
+            prompt_text=args.prompt_text,
+            prompt_audio=args.prompt_audio,
+            cut_prompt=not args.keep_prompt,
+            progress=False,
+            on_result=finished,
+            on_audio=bar.advance if show else None,
+            on_word=word if args.verbose else None,
+        )
+    finally:
+        bar.close()
     return 1 if failures else 0
+
+
+def _duration(probe: Any, path: str) -> float | None:
+    """The file's duration from its metadata (None when unknown or unreadable)."""
+    try:
+        seconds = probe(path)
+    except (DsmError, ValueError, OSError):
+        return None
+    return float(seconds) if seconds is not None else None
 
 
 def _run_mic(args: argparse.Namespace) -> int:

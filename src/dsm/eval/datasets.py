@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 
 from dsm.audio import load_audio
+from dsm.errors import DsmError
 
 __all__ = [
     "DATASETS",
     "TRANSCRIPT_COLUMNS",
     "EvalItem",
     "HubDataset",
+    "ManifestError",
+    "ManifestNotFoundError",
     "iter_hub_dataset",
     "load_hub_dataset",
     "load_items",
@@ -37,6 +40,15 @@ __all__ = [
 
 # The reference script takes the first of these columns that the dataset has.
 TRANSCRIPT_COLUMNS = ("text", "sentence", "normalized_text", "transcript", "transcription")
+
+
+class ManifestError(DsmError, ValueError):
+    """A manifest line that is not a JSON object with ``audio`` and ``text``; the message
+    names the file and line."""
+
+
+class ManifestNotFoundError(ManifestError, FileNotFoundError):
+    """The manifest file does not exist."""
 
 
 @dataclass(frozen=True)
@@ -158,12 +170,9 @@ def iter_hub_dataset(
 
 def load_hub_dataset(name: str, *, streaming: bool = False, token: bool | str | None = None) -> Any:
     """``datasets.load_dataset`` for an alias or hub name (see :func:`resolve_dataset`)."""
-    try:
-        import datasets
-    except ImportError as exc:
-        raise RuntimeError(
-            "hub datasets need the datasets package: `pip install 'dsm[eval]'`"
-        ) from exc
+    from dsm.extras import import_optional
+
+    datasets = import_optional("datasets", "hub datasets")
     spec = resolve_dataset(name)
     return datasets.load_dataset(
         spec.path, spec.config, split=spec.split, streaming=streaming, token=token
@@ -179,7 +188,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Iterator[EvalItem]:
     """
     manifest = Path(path)
     if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        raise ManifestNotFoundError(f"manifest {manifest} does not exist")
     base = manifest.parent
     with manifest.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -188,12 +197,12 @@ def read_manifest(path: str | os.PathLike[str]) -> Iterator[EvalItem]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{manifest}:{line_no}: not valid JSON ({exc.msg})") from exc
+                raise ManifestError(f"{manifest}:{line_no}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{manifest}:{line_no}: expected a JSON object")
+                raise ManifestError(f"{manifest}:{line_no}: expected a JSON object")
             audio = row.get("audio", row.get("audio_filepath"))
             if not isinstance(audio, str) or "text" not in row:
-                raise ValueError(
+                raise ManifestError(
                     f"{manifest}:{line_no}: each line needs 'audio' (or 'audio_filepath') and "
                     f"'text'; got keys {sorted(row)}"
                 )
@@ -207,8 +216,9 @@ def read_manifest(path: str | os.PathLike[str]) -> Iterator[EvalItem]:
 
 
 def load_items(source: str, *, streaming: bool = False) -> Iterator[EvalItem]:
-    """Items from a local manifest (a path ending in ``.jsonl``/``.json`` that exists) or a hub
-    dataset name/alias."""
+    """Items from a local manifest (a path ending in ``.jsonl``/``.json`` that exists; all its
+    lines are parsed at once, so a malformed one fails before any work) or a hub dataset
+    name/alias."""
     if source.endswith((".jsonl", ".json")) or Path(source).is_file():
-        return read_manifest(source)
+        return iter(list(read_manifest(source)))  # every line checked before any work
     return iter_hub_dataset(load_hub_dataset(source, streaming=streaming))

@@ -27,20 +27,13 @@ __all__ = [
 # Reference transcripts equal to this (after normalization) mark unscorable segments in the
 # long-form datasets; the reference evaluation drops them.
 IGNORE_SEGMENT = "ignore time segment in scoring"
-INSTALL_HINT = "install the evaluation extras with `pip install 'dsm[eval]'`"
-
 Normalizer = Callable[[str], str]
 
 
 def _import(module: str, what: str) -> Any:
-    import importlib
+    from dsm.extras import import_optional
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{what} needs the {module.split('.')[0]} package: {INSTALL_HINT}"
-        ) from exc
+    return import_optional(module, what)
 
 
 _NORMALIZERS: dict[str, Normalizer] = {}

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from tqdm import tqdm
 
 from dsm.audio import SAMPLE_RATE
+from dsm.errors import DsmError
 from dsm.eval.datasets import EvalItem, load_items
 from dsm.eval.metrics import Normalizer, aggregate, get_normalizer, is_scorable, score_utterance
+from dsm.progress import AudioProgress
 
 __all__ = [
     "Summary",
@@ -65,7 +66,8 @@ class Summary:
     """Totals of an evaluation run (``summary.json``)."""
 
     n_utterances: int
-    n_skipped: int
+    n_skipped: int  # empty reference after normalization
+    n_unreadable: int  # audio that could not be read: skipped, each reported on stderr
     mean_wer: float
     mean_cer: float
     corpus_wer: float
@@ -93,6 +95,7 @@ class Summary:
         rtf = "n/a" if self.rtf is None else f"{self.rtf:.1f}x real time"
         rows = [
             ("utterances", f"{self.n_utterances} ({self.n_skipped} skipped: empty reference)"),
+            ("unreadable", f"{self.n_unreadable} (skipped: audio could not be read)"),
             ("mean WER", pct(self.mean_wer)),
             ("mean CER", pct(self.mean_cer)),
             ("corpus WER", pct(self.corpus_wer)),
@@ -127,8 +130,15 @@ def _batches(
         yield batch
 
 
-def _load(batch: list[EvalItem]) -> list[np.ndarray]:
-    return [item.load() for item in batch]
+def _load(batch: list[EvalItem]) -> list[np.ndarray | Exception]:
+    """Each item's audio, or the error that kept it from being read."""
+    audios: list[np.ndarray | Exception] = []
+    for item in batch:
+        try:
+            audios.append(item.load())
+        except (DsmError, ValueError, OSError, RuntimeError) as exc:
+            audios.append(exc)
+    return audios
 
 
 def evaluate(
@@ -146,7 +156,8 @@ def evaluate(
     """Transcribe ``items`` in batches and score them; returns the :class:`Summary`.
 
     Items whose reference normalizes to nothing (or to the "ignore time segment in scoring"
-    marker) are skipped and counted. ``limit`` stops after that many scored utterances. With
+    marker) are skipped and counted; so are items whose audio cannot be read, each reported
+    with a warning on stderr. ``limit`` stops after that many scored utterances. With
     ``out_dir``, writes ``results.jsonl`` and ``summary.json`` there. The summary table is
     printed to ``log`` (default: standard output) unless ``quiet``.
     """
@@ -163,19 +174,28 @@ def evaluate(
     scores = []
     audio_seconds = 0.0
     transcribe_seconds = 0.0
-    bar = tqdm(disable=not progress, unit="utt", desc="eval", file=sys.stderr)
+    unreadable = 0
+    bar = AudioProgress(["eval"], [None], enabled=progress, desc="eval")
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsm-eval-load") as pool:
             batches = _batches(items, batch_size, normalize, limit, skipped)
-            pending: tuple[list[EvalItem], Future[list[np.ndarray]]] | None = None
+            pending: tuple[list[EvalItem], Future[list[np.ndarray | Exception]]] | None = None
             first = next(batches, None)
             if first is not None:
                 pending = (first, pool.submit(_load, first))
             while pending is not None:
                 batch, loading = pending
-                audios = loading.result()
+                loaded = loading.result()
                 following = next(batches, None)
                 pending = None if following is None else (following, pool.submit(_load, following))
+                for item, audio in zip(batch, loaded, strict=True):
+                    if isinstance(audio, Exception):
+                        unreadable += 1
+                        print(f"dsm: warning: skipped {item.id}: {audio}", file=sys.stderr)
+                batch = [i for i, a in zip(batch, loaded, strict=True) if isinstance(a, np.ndarray)]
+                audios = [a for a in loaded if isinstance(a, np.ndarray)]
+                if not audios:
+                    continue
                 start = time.perf_counter()
                 hyps = transcribe_batch(audios)
                 transcribe_seconds += time.perf_counter() - start
@@ -206,7 +226,7 @@ def evaluate(
                         results_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
                 if results_file is not None:
                     results_file.flush()
-                bar.update(len(batch))
+                bar.advance(0, audio_seconds)
     finally:
         bar.close()
         if results_file is not None:
@@ -216,6 +236,7 @@ def evaluate(
     summary = Summary(
         n_utterances=corpus.n_utterances,
         n_skipped=skipped[0],
+        n_unreadable=unreadable,
         mean_wer=corpus.mean_wer,
         mean_cer=corpus.mean_cer,
         corpus_wer=corpus.corpus_wer,
@@ -250,6 +271,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="text normalizer applied to references and hypotheses (english)",
     )
     parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar (none anyway off a terminal)"
+    )
+    parser.add_argument(
         "--streaming",
         action="store_true",
         help="stream a hub dataset instead of downloading it first",
@@ -269,6 +293,6 @@ def run_eval_cli(
         out_dir=args.out_dir,
         normalizer=args.normalizer,
         limit=args.limit,
-        progress=sys.stderr.isatty(),
+        progress=not args.quiet and sys.stderr.isatty(),
     )
     return 0

@@ -17,6 +17,7 @@ from dsm.stt.framing import FeedPlan, feed_chunks, frames_of
 from dsm.stt.stream import EndOfTurn, PauseUpdate, SttStream
 from dsm.stt.transcript import Transcript
 from dsm.stt.vad import VadOptions
+from dsm.stt.words import fit_words, join_words
 from dsm.tokenizer import TextTokenizer
 
 __all__ = ["SILENCE_PEAK", "TranscriptionJob"]
@@ -122,9 +123,10 @@ class TranscriptionJob:
         """The finished transcript (call once :attr:`done`)."""
         self.stream.finish()
         duration = self._audio.samples / SAMPLE_RATE
+        words = fit_words(self.stream.words.words, duration)
         transcript = Transcript(
-            text=self.stream.text,
-            words=list(self.stream.words.words),
+            text=join_words(words),
+            words=words,
             duration=duration,
             source=self.source,
         )

@@ -27,6 +27,7 @@ from dsm.stt.jobs import TranscriptionJob
 from dsm.stt.prefetch import DEFAULT_CHUNK, CodeQueue
 from dsm.stt.transcript import Transcript, TranscriptionFailure
 from dsm.stt.vad import VAD_CHECKPOINT, VadOptions
+from dsm.stt.words import Word
 from dsm.tokenizer import TextTokenizer
 
 __all__ = ["AudioInput", "SpeechToText", "load_stt"]
@@ -205,6 +206,8 @@ class SpeechToText:
         progress: bool = True,
         on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None = None,
         encode_chunk: int = DEFAULT_CHUNK,
+        on_audio: Callable[[int, float], None] | None = None,
+        on_word: Callable[[int, Word], None] | None = None,
     ) -> list[Transcript | TranscriptionFailure]:
         """Transcribe many inputs with continuous batching; results in input order.
 
@@ -212,6 +215,10 @@ class SpeechToText:
         does not stop the others. ``on_result(index, result)`` is called as each one finishes.
         ``encode_chunk``: frames of each input encoded per Mimi call, ahead of the language
         model (:mod:`dsm.stt.prefetch`; the transcript does not depend on it).
+        ``on_audio(index, seconds)`` is called after each model step of an input with the
+        seconds of it heard so far (for progress bars; the last steps, for the model's delay,
+        report times past the input's end). ``on_word(index, word)`` is called for each word of
+        an input as soon as its end is known (times before the transcript's final fitting).
         """
         vad_options = self._check_vad(vad)
         prompt = self._prompt(prompt_text, prompt_audio, prompt_sample_rate)
@@ -233,6 +240,7 @@ class SpeechToText:
         with SttEngine(self.codec, self.lm, B, max_prompt_tokens=len(prompt[0])) as engine:
             queue = CodeQueue(B, engine.n_q, encode_chunk, engine.device)
             failed: dict[int, BaseException] = {}
+            seen: dict[int, int] = {}  # words of each input passed to on_word
 
             def next_frame(b: int) -> np.ndarray | None:
                 entry = slots[b]
@@ -286,6 +294,7 @@ class SpeechToText:
                         pauses[b] if pauses is not None else None,
                         bool(forced[b]) if forced is not None else False,
                     )
+                    _report(_index(slots, b), job, self.sample_rate, on_audio, on_word, seen)
                     if job.done:
                         drop(b, job.result())
         if bar is not None:
@@ -364,6 +373,32 @@ def _open_input(item: AudioInput, sample_rate: int | None) -> tuple[str, Iterato
         return str(path), iter(stream_audio(path, chunk_samples=FRAME_SIZE * 25))
     audio = load_audio(item, sample_rate=sample_rate)
     return _name_of(item), iter([audio])
+
+
+def _report(
+    index: int,
+    job: TranscriptionJob,
+    sample_rate: int,
+    on_audio: Callable[[int, float], None] | None,
+    on_word: Callable[[int, Word], None] | None,
+    seen: dict[int, int],
+) -> None:
+    """Progress callbacks of ``transcribe_many`` after a step of input ``index``."""
+    if on_audio is not None:
+        heard = job.step * FRAME_SIZE / sample_rate
+        on_audio(index, max(0.0, heard - job.plan.input_offset_seconds))
+    if on_word is not None:
+        words, count = job.stream.words.words, seen.get(index, 0)
+        while count < len(words) and words[count].text:  # an empty one is not closed yet
+            on_word(index, words[count])
+            count += 1
+        seen[index] = count
+
+
+def _index(slots: list[tuple[int, TranscriptionJob] | None], b: int) -> int:
+    entry = slots[b]
+    assert entry is not None
+    return entry[0]
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -9,7 +9,7 @@ live sessions (:class:`~dsm.stt.session.SttSession`) and the server
 * text tokens become timed words (:class:`~dsm.stt.word_stream.WordStream`);
 * pause probabilities become :class:`PauseUpdate` events, and the end-of-turn detector fires
   :class:`EndOfTurn` once per turn;
-* the transcript text is the decoding of every token above the padding id.
+* the transcript text is the words joined by spaces (:func:`~dsm.stt.words.join_words`).
 
 Events, in the order the model produces them: :class:`~dsm.stt.word_stream.WordStart`,
 :class:`~dsm.stt.word_stream.WordEnd`, :class:`PauseUpdate`, :class:`EndOfTurn`. Times are
@@ -26,6 +26,7 @@ from dsm.mimi import FRAME_RATE
 from dsm.stt.framing import FeedPlan
 from dsm.stt.vad import EndOfTurnDetector, VadOptions
 from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+from dsm.stt.words import join_words
 from dsm.tokenizer import TextTokenizer
 
 __all__ = ["EndOfTurn", "PauseUpdate", "SttEvent", "SttStream"]
@@ -121,5 +122,5 @@ class SttStream:
 
     @property
     def text(self) -> str:
-        """The transcript so far: every kept token above the padding id, decoded."""
-        return self.tokenizer.decode([t for t in self.tokens if t > self.padding_id]).strip()
+        """The transcript so far: the words joined by spaces (one rule for text and words)."""
+        return join_words(self.words.words)

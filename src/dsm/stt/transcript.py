@@ -16,11 +16,13 @@ __all__ = ["Transcript", "TranscriptionFailure"]
 class Transcript:
     """The transcript of one input.
 
-    ``text`` is the tokenizer's decoding of every non-special token. ``words`` carry ``start``
-    and ``end`` in seconds from the start of the input (see :mod:`dsm.stt.word_stream` for the
-    end-time rule). ``pause`` (checkpoints with VAD heads) is ``[T, 4]``: per 80 ms step, the
-    probability of a pause at 0.5, 1, 2 and 3 s, at times ``pause_times`` ``[T]`` (seconds of
-    input audio heard when the probabilities were computed). ``end_of_turns`` are the times the
+    ``text`` is ``words`` joined by spaces (:func:`~dsm.stt.words.join_words`). ``words``
+    carry ``start`` and ``end`` in seconds from the start of the input (see
+    :mod:`dsm.stt.word_stream` for the end-time rule; :func:`~dsm.stt.words.fit_words` keeps
+    them within the input and each end at or before the next start). ``pause`` (checkpoints
+    with VAD heads) is ``[T, 4]``: per 80 ms step, the probability of a pause at 0.5, 1, 2 and
+    3 s, at times ``pause_times`` ``[T]`` (seconds of input audio heard when the probabilities
+    were computed). ``end_of_turns`` are the times the
     end-of-turn detector fired.
     """
 

@@ -15,7 +15,7 @@ from dsm.audio.encode import pcm16
 from dsm.errors import DsmError
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 
-__all__ = ["AudioSink", "open_sink"]
+__all__ = ["AudioSink", "EncodedFileSink", "open_sink"]
 
 
 class AudioSink:
@@ -49,6 +49,28 @@ class WavSink(AudioSink):
 
     def close(self) -> None:
         self._wav.close()
+
+
+class EncodedFileSink(AudioSink):
+    """A compressed (or raw) audio file, encoded as the audio comes (:mod:`dsm.audio.encode`)."""
+
+    def __init__(self, path: str | Path, fmt: str) -> None:
+        from dsm.audio.encode import make_encoder
+
+        try:
+            self._encoder = make_encoder(fmt, SAMPLE_RATE)
+        except ValueError as exc:
+            raise DsmError(f"cannot write {path}: {exc}") from None
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(self._encoder.header())
+
+    def write(self, pcm: np.ndarray) -> None:
+        self._file.write(self._encoder.encode(np.asarray(pcm, dtype=np.float32)))
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.write(self._encoder.finish())
+            self._file.close()
 
 
 class PipeSink(AudioSink):
@@ -115,9 +137,16 @@ class SpeakerSink(AudioSink):
 
 def open_sink(target: str) -> AudioSink:
     """``-``: the sound card when stdout is a terminal, else raw s16le on stdout; otherwise a
-    wav file path."""
+    file of the type its suffix names (.wav, .mp3, .flac, .ogg/.opus, .aac, .pcm/.raw; any other
+    suffix is refused before anything is written)."""
+    from dsm.audio.encode import format_of_path
+
     if target == "-":
         if sys.stdout.isatty():
             return SpeakerSink()
         return PipeSink(sys.stdout.buffer)
-    return WavSink(target)
+    try:
+        fmt = format_of_path(target)
+    except ValueError as exc:
+        raise DsmError(str(exc)) from None
+    return WavSink(target) if fmt == "wav" else EncodedFileSink(target, fmt)
