@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsm.tts.entries import ScriptSplitter, TextError, script_to_entries
+from dsm.tts.entries import EntryMaker, ScriptSplitter, TextEntries, TextError, script_to_entries
 from dsm.tts.state_machine import StateMachine
 from tests.helpers.reference_tts import train_tts_tokenizer
 
@@ -94,6 +94,22 @@ def test_text_errors(sp) -> None:  # type: ignore[no-untyped-def]
         script_to_entries(["Hello 😀 world"], sp.encode, multi_speaker=True)
     with pytest.raises(TextError, match="malformed break"):
         script_to_entries(['a <break time="1x5s"/> b'], sp.encode, multi_speaker=True)
+    for seconds in ("1e400", "1e9", "601"):  # infinite, absurd: refused, never an overflow
+        with pytest.raises(TextError, match="malformed break"):
+            script_to_entries([f'a <break time="{seconds}s"/> b'], sp.encode, multi_speaker=True)
+
+
+def test_text_entries_drop_unspellable_characters(sp) -> None:  # type: ignore[no-untyped-def]
+    text = TextEntries(EntryMaker(sp.encode, True), drop_unspellable=True)
+    entries = text.push("Hello😀 😀 wor") + text.push("ld ") + text.finish()
+    expected = script_to_entries(["Hello world"], sp.encode, multi_speaker=True)
+    assert [(e.tokens, e.text, e.padding) for e in entries] == [
+        (e.tokens, e.text, e.padding) for e in expected
+    ]
+    assert text.dropped == {"😀"}
+    strict = TextEntries(EntryMaker(sp.encode, True))
+    with pytest.raises(TextError, match="unsupported characters"):
+        strict.push("Hello😀 ")
 
 
 @pytest.mark.parametrize("lookahead", [0, 2])

@@ -12,15 +12,23 @@ drains the inboxes, runs one batched forward over the slots that have work, and 
 outputs. A slot is free as soon as its connection releases it; outputs of a step that was
 already running for the old connection go to the old channel, which drops them.
 
-If the model thread fails, the module records the error, every open channel receives an
-``Error`` message and is closed, health checks fail and new connections are refused with the
-error: nothing hangs (upstream keeps accepting connections that are never answered).
+Failures are contained. Work for one connection (its input, its outputs) that raises fails that
+connection only (:meth:`ModelModule.fail_channel`). An exception anywhere else in an iteration
+(the batched step itself) leaves the model's state unknown: the module tells every open channel
+(an ``Error``, then the close), rebuilds its state (``shutdown_model`` then ``warmup``) and
+serves again; :attr:`ModelModule.restarts` and :attr:`ModelModule.last_failure` count and name
+them (the exception type only: messages may quote a client's input). A failure before the first
+warm-up, or more than :attr:`ModelModule.max_restarts` in a row without a successful step, is
+fatal: health checks fail and new connections are refused at once, so nothing hangs (upstream
+keeps accepting connections that are never answered). The model thread runs under
+``torch.inference_mode()``: no autograd history can grow across sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import logging
 import threading
@@ -28,6 +36,8 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+import torch
 
 from dsm.engine.events import ChannelError, ChannelEvent
 
@@ -56,12 +66,13 @@ class Channel:
         self.pending = 0  # messages delivered but not yet taken (event loop side)
         self.overflow = False
         self.closed = False  # released by the connection; the model thread ignores it
+        self.failed = False  # told a ChannelError; the model thread ignores it
         self.started = False  # the model thread has reset the slot for this channel
         self.opened_at = time.monotonic()
 
     def deliver(self, messages: list[ChannelEvent] | None) -> None:
         """Queue messages for the connection (from any thread); ``None`` ends the stream."""
-        if self.closed and messages is not None:
+        if (self.closed or self.failed) and messages is not None:
             return
         # RuntimeError: the event loop is closed, nobody is listening any more.
         with contextlib.suppress(RuntimeError):
@@ -87,8 +98,11 @@ class Channel:
         return batch
 
     def fail(self, message: str) -> None:
-        """Send a :class:`ChannelError` then end the stream (from any thread)."""
+        """Send a :class:`ChannelError` then end the stream (from any thread; once)."""
+        if self.failed:
+            return
         self.deliver([ChannelError(message)])
+        self.failed = True
         self.deliver(END)
 
 
@@ -109,7 +123,10 @@ class ModelModule(Generic[C]):
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.ready = False
-        self.error: str | None = None
+        self.error: str | None = None  # set when the module gave up (fatal failure)
+        self.restarts = 0  # model loop rebuilds after a failure
+        self.last_failure: str | None = None  # "<exception type> at <UTC time>"
+        self.max_restarts = 3  # consecutive failures tolerated before giving up
         self.accepting = True
         self.steps = 0
         self._stop = threading.Event()
@@ -145,22 +162,69 @@ class ModelModule(Generic[C]):
 
     def _run(self) -> None:
         try:
-            self.warmup()
-            self.ready = True
-            log.info("%s ready: %d slots", self.name, self.batch_size)
-            while not self._stop.is_set():
-                self.wake.clear()
-                if not self.iterate():
-                    self.wake.wait(0.05)
-        except BaseException as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.error("%s model loop failed:\n%s", self.name, traceback.format_exc())
-            with self.lock:
-                channels = [c for c in self.slots if c is not None]
-            for channel in channels:
-                channel.fail(f"{self.name} model loop failed: {self.error}")
+            with torch.inference_mode():
+                self._serve()
+        except BaseException as exc:  # a fatal failure or an interpreter exit
+            self._failed(exc, fatal=True)
         finally:
             self.shutdown_model()
+
+    def _serve(self) -> None:
+        """Warm up and run the step loop; rebuild the state after a failure (bounded)."""
+        failures = 0  # since the last iteration that did work
+        served = False
+        while not self._stop.is_set():
+            try:
+                self.warmup()
+                self.ready = served = True
+                log.info("%s ready: %d slots", self.name, self.batch_size)
+                while not self._stop.is_set():
+                    self.wake.clear()
+                    if self.iterate():
+                        failures = 0
+                    else:
+                        self.wake.wait(0.05)
+            except Exception as exc:
+                failures += 1
+                self.ready = False
+                if not served or failures > self.max_restarts:
+                    raise
+                self._failed(exc, fatal=False)
+                self.shutdown_model()
+
+    def _failed(self, exc: BaseException, *, fatal: bool) -> None:
+        """Record a model loop failure and tell every open channel (messages name no input)."""
+        kind = type(exc).__name__
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.last_failure = f"{kind} at {now}"
+        log.error(
+            "%s model loop failed (%s):\n%s", self.name, "fatal" if fatal else "restarting",
+            traceback.format_exc(),
+        )  # fmt: skip
+        if fatal:
+            self.error = f"{kind} in the model loop (details in the server log)"
+            message = f"{self.name} model loop failed: {self.error}"
+        else:
+            self.restarts += 1
+            message = f"the {self.name} model failed ({kind}) and was restarted: please retry"
+        with self.lock:
+            channels = [c for c in self.slots if c is not None]
+        for channel in channels:
+            channel.fail(message)
+
+    def fail_channel(self, channel: C, exc: Exception) -> None:
+        """The work of one channel raised: fail that channel only (model thread).
+
+        Subclasses free the channel's model slot in :meth:`iterate` (failed channels are
+        skipped there); the other channels go on unaffected.
+        """
+        log.error(
+            "%s: session on slot %d failed:\n%s", self.name, channel.slot, traceback.format_exc()
+        )
+        channel.fail(
+            f"{self.name} failed on this session ({type(exc).__name__}); please retry, and "
+            "report it if it happens again"
+        )
 
     # -- slots -----------------------------------------------------------------------------
 

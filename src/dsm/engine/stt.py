@@ -279,9 +279,13 @@ class SttModule(ModelModule[SttChannel]):
         self._feed.zero_()
         work: list[tuple[SttChannel, bool, float | None]] = []
         for c in channels:
-            if c is None or c.closed or c.done:
+            if c is None or c.closed or c.done or c.failed:
                 continue
-            item = c.next_input()
+            try:
+                item = c.next_input()
+            except Exception as exc:
+                self.fail_channel(c, exc)
+                continue
             if item is None:
                 continue
             self._active[c.slot] = True
@@ -302,10 +306,14 @@ class SttModule(ModelModule[SttChannel]):
         pauses = out.pause.tolist() if out.pause is not None else None
         now = time.monotonic()
         for c, fed, arrival in work:
-            events = c.consume(
-                int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
-                self.steps,
-            )  # fmt: skip
+            try:
+                events = c.consume(
+                    int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
+                    self.steps,
+                )  # fmt: skip
+            except Exception as exc:
+                self.fail_channel(c, exc)
+                continue
             c.deliver(events)
             if arrival is not None and fed:
                 self.metrics.asr_frame_latency.observe(now - arrival)

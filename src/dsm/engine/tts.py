@@ -8,6 +8,13 @@ waiting for words does not advance), and delivers the events of the slot's
 server's ``Audio``) and ``Word`` (spans in seconds of the output audio; ``Text``). When a
 slot's audio is complete the stream ends and the server closes the socket.
 
+Text becomes entries on the connection's side (:meth:`TtsChannel.push_text`, with the
+connection's own :class:`~dsm.tts.entries.TextEntries`): a text that can't be spoken (a
+malformed break, a message or session over its size limit) fails that channel only, with a
+message saying what to change, and the model thread never tokenizes. Characters the tokenizer
+cannot spell (emoji...) are dropped with a warning in the server log, as users of a speech
+server expect, instead of failing the session.
+
 Differences from upstream, on purpose: an unknown voice is answered with an ``Error`` (upstream
 silently uses the default voice, DSM issue #99); ``Text`` times are on the audio's timeline
 (upstream's run ahead of the audio by the model delay).
@@ -15,28 +22,46 @@ silently uses the default voice, DSM issue #99); ``Text`` times are on the audio
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import END, Channel, ModelModule
 from dsm.errors import DsmError
+from dsm.tts.entries import Entry, TextEntries, TextError
 from dsm.tts.stream import TtsStream
 
 if TYPE_CHECKING:
-    from dsm.tts.engine import TtsEngine
+    from dsm.tts.engine import SlotOutput, TtsEngine
     from dsm.tts.model import TextToSpeech
 
 __all__ = ["TtsChannel", "TtsModule"]
+
+log = logging.getLogger("dsm.engine")
 
 
 class TtsChannel(Channel):
     """A connection's TTS state: queued text (event loop side) and the slot's progress."""
 
-    def __init__(self, slot: int, loop: Any, voice: str | None, *, max_pending: int) -> None:
+    def __init__(
+        self,
+        slot: int,
+        loop: Any,
+        voice: str | None,
+        text: TextEntries,
+        *,
+        max_pending: int,
+        max_text_chars: int,
+        max_session_chars: int,
+    ) -> None:
         super().__init__(slot, loop, max_pending)
         self.voice = voice
-        self._texts: list[str] = []
+        self.text = text
+        self.max_text_chars = max_text_chars
+        self.max_session_chars = max_session_chars
+        self.text_chars = 0
+        self._entries: list[Entry] = []
         self.eos = False
         self.words_received = 0
         self.first_text_at: float | None = None
@@ -46,25 +71,57 @@ class TtsChannel(Channel):
         self.done = False
 
     def push_text(self, text: str) -> None:
-        """Queue the words of one ``Text`` message (from the event loop)."""
-        with self.lock:
-            if self.eos:
-                return
-            if self.first_text_at is None:
-                self.first_text_at = time.monotonic()
-            self._texts.append(text)
-            self.words_received += len(text.split())
+        """Queue the words of one ``Text`` message as entries.
+
+        Tokenizes on the caller's thread (the event loop, or an executor for long texts), not
+        under the lock; calls for one channel must not overlap. A text over the size limits or
+        that can't be spoken fails this channel with a message saying what to change.
+        """
+        if self.eos or self.failed:
+            return
+        if len(text) > self.max_text_chars:
+            self.fail(
+                f"a Text message holds {len(text)} characters, over the limit of "
+                f"{self.max_text_chars}: send the text in smaller messages"
+            )
+            return
+        self.text_chars += len(text)
+        if self.text_chars > self.max_session_chars:
+            self.fail(
+                f"this session's text is over the limit of {self.max_session_chars} "
+                "characters: split it over several sessions"
+            )
+            return
+        self._add(text + " ", eos=False)
+        self.words_received += len(text.split())
 
     def end_text(self) -> None:
         """``Eos``: no more text."""
-        with self.lock:
-            self.eos = True
+        if not self.eos and not self.failed:
+            self._add("", eos=True)
 
-    def take(self) -> tuple[list[str], bool]:
-        """Texts queued since the last call and whether the text is complete (model thread)."""
+    def _add(self, text: str, *, eos: bool) -> None:
+        dropped = len(self.text.dropped)
+        try:
+            entries = self.text.finish() if eos else self.text.push(text)
+        except TextError as exc:
+            self.fail(str(exc))
+            return
+        if len(self.text.dropped) > dropped:
+            shown = " ".join(f"U+{ord(c):04X}" for c in sorted(self.text.dropped))
+            log.warning("tts slot %d: dropped characters the tokenizer cannot spell: %s",
+                        self.slot, shown)  # fmt: skip
         with self.lock:
-            texts, self._texts = self._texts, []
-            return texts, self.eos
+            if self.first_text_at is None and not eos:
+                self.first_text_at = time.monotonic()
+            self._entries += entries
+            self.eos = self.eos or eos
+
+    def take(self) -> tuple[list[Entry], bool]:
+        """Entries queued since the last call and whether the text is complete (model thread)."""
+        with self.lock:
+            entries, self._entries = self._entries, []
+            return entries, self.eos
 
 
 class TtsModule(ModelModule[TtsChannel]):
@@ -85,6 +142,8 @@ class TtsModule(ModelModule[TtsChannel]):
         seed: int | None = None,
         path: str = "/api/tts_streaming",
         max_pending_messages: int = 20000,
+        max_text_chars: int = 20000,
+        max_session_chars: int = 200_000,
     ) -> None:
         super().__init__(batch_size)
         self.tts = tts
@@ -95,6 +154,8 @@ class TtsModule(ModelModule[TtsChannel]):
         self.seed = seed
         self.path = path
         self.max_pending_messages = max_pending_messages
+        self.max_text_chars = max_text_chars
+        self.max_session_chars = max_session_chars
         self.engine: TtsEngine | None = None
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
@@ -104,13 +165,18 @@ class TtsModule(ModelModule[TtsChannel]):
         """Claim a slot (None: no free slot). ``voice`` None: the module's default voice."""
         chosen = voice or self.default_voice
         return self.claim(
-            lambda slot: TtsChannel(slot, loop, chosen, max_pending=self.max_pending_messages)
-        )
+            lambda slot: TtsChannel(
+                slot, loop, chosen, TextEntries(self.tts.entry_maker(), drop_unspellable=True),
+                max_pending=self.max_pending_messages, max_text_chars=self.max_text_chars,
+                max_session_chars=self.max_session_chars,
+            )
+        )  # fmt: skip
 
     def _released(self, channel: TtsChannel) -> None:
         self.metrics.py_connection_steps.observe(channel.steps)
 
     def warmup(self) -> None:
+        self._bound = [None] * self.batch_size
         rows = self.tts.slot_conditions(self.default_voice, self.cfg)
         template = None
         if rows is not None:
@@ -145,9 +211,9 @@ class TtsModule(ModelModule[TtsChannel]):
     def _feed(self, channel: TtsChannel) -> None:
         stream = channel.stream
         assert stream is not None
-        texts, eos = channel.take()
-        for text in texts:
-            stream.push(text + " ")
+        entries, eos = channel.take()
+        if entries:
+            stream.push_entries(entries)
         if eos and not stream.ended:
             if channel.words_received == 0:  # Eos before any text: nothing to say (upstream)
                 stream.ended = True
@@ -157,23 +223,47 @@ class TtsModule(ModelModule[TtsChannel]):
                 return
             stream.finish()
 
+    def _drop(self, channel: TtsChannel, exc: Exception) -> None:
+        """The channel's own work raised: fail it and free its engine slot; others go on."""
+        self.fail_channel(channel, exc)
+        channel.done = True
+        if self._bound[channel.slot] is channel:
+            self._engine().release(channel.slot)
+            self._bound[channel.slot] = None
+
+    def _route(self, channel: TtsChannel, out: SlotOutput) -> None:
+        """Deliver one step's output of the channel's slot."""
+        channel.steps += 1
+        assert channel.stream is not None
+        first_audio = channel.stream.frames == 0 and out.pcm is not None
+        if first_audio and channel.first_text_at is not None:
+            self.metrics.tts_first_audio.observe(time.monotonic() - channel.first_text_at)
+        channel.deliver(list(channel.stream.events(out)))
+        if out.done:
+            channel.done = True
+            self._bound[out.slot] = None
+            channel.deliver(END)
+
     def iterate(self) -> bool:
         with self.lock:
             channels = list(self.slots)
         for slot, bound in enumerate(self._bound):
             current = channels[slot]
-            if bound is not None and bound is not current:
+            if bound is not None and (bound is not current or bound.failed):
                 if not bound.done:
                     self._engine().release(slot)
                 self._bound[slot] = None
         for channel in channels:
-            if channel is None or channel.closed or channel.done:
+            if channel is None or channel.closed or channel.done or channel.failed:
                 continue
-            if not channel.started:
-                self._bind(channel)
+            try:
                 if not channel.started:
-                    continue
-            self._feed(channel)
+                    self._bind(channel)
+                    if not channel.started:
+                        continue
+                self._feed(channel)
+            except Exception as exc:
+                self._drop(channel, exc)
         if not self._engine().busy:
             return False
         start = time.perf_counter()
@@ -188,16 +278,10 @@ class TtsModule(ModelModule[TtsChannel]):
             channel = self._bound[out.slot]
             if channel is None or channel.closed:
                 continue
-            channel.steps += 1
-            assert channel.stream is not None
-            first_audio = channel.stream.frames == 0 and out.pcm is not None
-            if first_audio and channel.first_text_at is not None:
-                self.metrics.tts_first_audio.observe(time.monotonic() - channel.first_text_at)
-            channel.deliver(list(channel.stream.events(out)))
-            if out.done:
-                channel.done = True
-                self._bound[out.slot] = None
-                channel.deliver(END)
+            try:
+                self._route(channel, out)
+            except Exception as exc:
+                self._drop(channel, exc)
         return True
 
     def info(self) -> dict[str, str]:

@@ -17,10 +17,16 @@ Routes (server-protocol.md §1.2 plus the OpenAI-compatible API):
 Auth: when ``authorized_ids`` is set, WebSocket routes accept the ``kyutai-api-key`` header or
 the ``auth_id`` query parameter, POST routes the header or ``Authorization: Bearer``; anything
 else gets 401. Health, metrics and info routes are open (load balancers probe them).
+
+Slow clients: a connection that sends no complete request head within ``header_timeout_s`` of
+opening (or of its previous response) is closed (aiohttp's keep-alive timer, set by
+:func:`~dsm.server.runner.start_server`); a request body that receives no byte for
+``body_timeout_s`` closes its connection (:func:`_body_deadline`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -42,10 +48,33 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": {"message": str(exc)}}, status=503)
 
 
+async def _watch_body(request: web.Request, timeout: float) -> None:
+    """Close the connection when the request body gets no byte for ``timeout`` seconds."""
+    content = request.content
+    seen = -1
+    while not content.is_eof() and content.total_bytes != seen:
+        seen = content.total_bytes
+        await asyncio.sleep(timeout)
+    if not content.is_eof() and request.transport is not None:
+        request.transport.close()  # the handler's read fails; the slot and the fd are freed
+
+
+@web.middleware
+async def _body_deadline(request: web.Request, handler: Any) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    if not request.body_exists or request.content.is_eof():
+        return await handler(request)
+    watch = asyncio.create_task(_watch_body(request, server.config.body_timeout_s))
+    try:
+        return await handler(request)
+    finally:
+        watch.cancel()
+
+
 def build_app(server: DsmServer) -> web.Application:
     """The aiohttp application for ``server`` (modules start with the app, stop with it)."""
     max_upload = server.config.stt.max_upload_bytes
-    app = web.Application(client_max_size=max_upload, middlewares=[_errors])
+    app = web.Application(client_max_size=max_upload, middlewares=[_errors, _body_deadline])
     app[SERVER_KEY] = server
     for routes in ROUTE_MODULES:
         routes.add_routes(app, server)

@@ -57,13 +57,15 @@ class SttModuleConfig:
     max_buffered_seconds: float = 120.0
     # Results the client has not read yet; beyond this the client is too slow and is dropped.
     max_pending_messages: int = 20000
-    # A connection that sends no data message for this long loses its slot.
+    # A connection that sends no audio for this long loses its slot (pings don't count).
     idle_timeout_s: float = 120.0
     # How long an HTTP transcription request waits for a free slot before a 503.
     queue_timeout_s: float = 30.0
     # Largest accepted WebSocket message and HTTP upload, in bytes.
     max_message_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 200 * 1024 * 1024
+    # Largest OggOpus message (decoded off the event loop), in bytes.
+    max_ogg_message_bytes: int = 256 * 1024
     warmup_steps: int = 2
 
 
@@ -81,9 +83,13 @@ class TtsModuleConfig:
     cfg: float = 2.0
     temperature: float = 0.6
     seed: int | None = None
+    # A connection that sends no text (before its Eos) for this long loses its slot.
     idle_timeout_s: float = 30.0
     queue_timeout_s: float = 30.0
     max_message_bytes: int = 4 * 1024 * 1024
+    # Text limits, in characters: one Text message (or /v1/audio/speech input), one session.
+    max_text_chars: int = 20000
+    max_session_text_chars: int = 200_000
 
 
 @dataclass
@@ -95,6 +101,10 @@ class ServerConfig:
     authorized_ids: list[str] = field(default_factory=list)
     shutdown_grace_s: float = 10.0
     heartbeat_s: float = 10.0
+    # HTTP: a connection must send a complete request head within this time of opening (or of
+    # its previous response); a request body that stalls this long closes the connection.
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
     instance_name: str = "dsm"
     stt: SttModuleConfig = field(default_factory=SttModuleConfig)
     tts: TtsModuleConfig = field(default_factory=TtsModuleConfig)

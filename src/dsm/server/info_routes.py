@@ -56,6 +56,8 @@ def _health_body(server: DsmServer) -> dict[str, Any]:
                 "ready": m.ready,
                 "alive": m.alive,
                 "error": m.error,
+                "restarts": m.restarts,
+                "last_failure": m.last_failure,
                 "used_slots": m.used_slots,
                 "total_slots": m.batch_size,
             }

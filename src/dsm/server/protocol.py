@@ -206,6 +206,10 @@ class SttInput:
         parsed = parse_stt_message(data)
         if not isinstance(parsed, OggOpusIn):
             return parsed
+        return self.decode(parsed)
+
+    def decode(self, parsed: OggOpusIn) -> AudioIn:
+        """Decode the next piece of the connection's Ogg Opus stream (pieces in order)."""
         from dsm.audio.opus import OggOpusDecoder
 
         if self._opus is None:

@@ -60,7 +60,9 @@ async def start_server(
     """
     server = DsmServer(config, stt=stt, tts=tts)
     app = build_app(server)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=2.0, keepalive_timeout=config.header_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -46,6 +46,7 @@ class DsmServer:
             self.tts = TtsModule(
                 tts, t.batch_size, self.metrics, voice=t.voice, cfg=t.cfg,
                 temperature=t.temperature, seed=t.seed, path=t.path,
+                max_text_chars=t.max_text_chars, max_session_chars=t.max_session_text_chars,
             )  # fmt: skip
         self.shutting_down = False
 

@@ -8,8 +8,10 @@ message before the close.
 Flow control: when a connection has more than ``max_buffered_seconds`` of audio queued, the
 handler stops reading from its socket until the model catches up; TCP pushes back on the
 client, and no other connection is slowed. A client that does not read its results is dropped
-once ``max_pending_messages`` are waiting. A connection that sends no data message for
-``idle_timeout_s`` (or stops answering pings) loses its slot.
+once ``max_pending_messages`` are waiting. A connection that sends no audio for
+``idle_timeout_s`` (pings and markers don't count), or stops answering pings, loses its slot.
+Large messages are parsed, and Ogg Opus is decoded, off the event loop; an ``OggOpus``
+message over ``max_ogg_message_bytes`` is refused.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from dsm.engine.stt import SttChannel
 from dsm.server.protocol import (
     AudioIn,
     MarkerIn,
+    OggOpusIn,
     ProtocolError,
     SttInput,
     encode,
     error,
     message_of,
+    parse_stt_message,
 )
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.server.ws_io import off_loop, receive_before
 
 __all__ = ["NO_FREE_CHANNELS", "add_routes", "handle_stt_websocket"]
 
@@ -75,25 +80,31 @@ async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: Dsm
 
 async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
     idle = server.config.stt.idle_timeout_s
+    loop = asyncio.get_running_loop()
+    last_audio = loop.time()
     parser = SttInput()  # keeps the connection's Ogg Opus decoder
-    while not ws.closed and not channel.closed:
-        while channel.full and not ws.closed:
-            await asyncio.sleep(0.01)
+    while not ws.closed and not channel.closed and not channel.failed:
+        if channel.full:
+            while channel.full and not ws.closed:
+                await asyncio.sleep(0.01)
+            last_audio = loop.time()  # waiting for the model is not the client's idleness
         try:
-            msg = await ws.receive(timeout=idle)
+            msg = await receive_before(ws, last_audio + idle)
         except asyncio.TimeoutError:
             server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no data received for {idle:g} s: closing the connection")
+            channel.fail(f"no audio received for {idle:g} s: closing the connection")
             return
         if msg.type == WSMsgType.BINARY:
             try:
-                parsed = parser.parse(msg.data)
+                parsed = await _parse(parser, msg.data, server)
             except ProtocolError as exc:
                 server.metrics.inc("dsm_protocol_errors")
                 channel.fail(str(exc))
                 return
             if isinstance(parsed, AudioIn):
                 channel.push_audio(parsed.pcm)
+                if parsed.pcm.size:
+                    last_audio = loop.time()
                 server.stt_module_or_fail().wake.set()
             elif isinstance(parsed, MarkerIn):
                 channel.push_marker(parsed.id)
@@ -104,6 +115,20 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
             if msg.type == WSMsgType.ERROR:
                 server.metrics.inc("dsm_protocol_errors")
             return
+
+
+async def _parse(parser: SttInput, data: bytes, server: DsmServer) -> AudioIn | MarkerIn | None:
+    """One client frame; large ones are parsed, and Ogg Opus always decoded, off the loop."""
+    parsed = await off_loop(len(data), parse_stt_message, data)
+    if not isinstance(parsed, OggOpusIn):
+        return parsed
+    limit = server.config.stt.max_ogg_message_bytes
+    if len(parsed.data) > limit:
+        raise ProtocolError(
+            f"an OggOpus message holds {len(parsed.data)} bytes, over the limit of {limit}: "
+            "send the stream in smaller pieces (e.g. one Ogg page per message)"
+        )
+    return await asyncio.get_running_loop().run_in_executor(None, parser.decode, parsed)
 
 
 async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:

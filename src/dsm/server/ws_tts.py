@@ -39,6 +39,7 @@ from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.tts import TtsChannel, TtsModule
 from dsm.server.protocol import ProtocolError, encode, error, message_of
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.server.ws_io import off_loop, receive_before
 
 if TYPE_CHECKING:
     from dsm.audio.opus import OggOpusEncoder
@@ -173,13 +174,15 @@ async def _receive_loop(
     ws: web.WebSocketResponse, channel: TtsChannel, module: TtsModule, server: DsmServer
 ) -> None:
     idle = server.config.tts.idle_timeout_s
-    while not ws.closed and not channel.closed:
+    loop = asyncio.get_running_loop()
+    last_text = loop.time()
+    while not ws.closed and not channel.closed and not channel.failed:
         try:
             # After Eos the client only waits for audio: no idle limit then.
-            msg = await ws.receive(timeout=None if channel.eos else idle)
+            msg = await receive_before(ws, None if channel.eos else last_text + idle)
         except asyncio.TimeoutError:
             server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no message received for {idle:g} s: closing the connection")
+            channel.fail(f"no text received for {idle:g} s: closing the connection")
             return
         if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
             try:
@@ -189,7 +192,9 @@ async def _receive_loop(
                 channel.fail(str(exc))
                 return
             if kind == "text":
-                channel.push_text(text)
+                if text.strip():
+                    last_text = loop.time()
+                await off_loop(len(text), channel.push_text, text)
             else:
                 channel.end_text()
             module.wake.set()

@@ -18,6 +18,7 @@ of words, half a break tag): a word is released only once what follows it is kno
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +34,11 @@ __all__ = [
     "Entry",
     "EntryMaker",
     "ScriptSplitter",
+    "TextEntries",
     "TextError",
     "normalize_text",
     "script_to_entries",
+    "spellable",
 ]
 
 NEW_WORD_TOKEN = END_OF_PADDING_ID  # the model samples it to ask for the next word (unk id)
@@ -43,6 +46,7 @@ PAD_TOKEN = TEXT_PADDING_ID  # text padding id
 MAIN_SPEAKER_TOKEN = 1  # put before the first word of an even turn (the main speaker)
 OTHER_SPEAKER_TOKEN = 2  # put before the first word of an odd turn (the other speaker)
 UNKNOWN_TOKEN = 0  # SentencePiece's unk id in Kyutai tokenizers; it collides with NEW_WORD_TOKEN
+MAX_BREAK_SECONDS = 600.0  # longest accepted <break time="..."/> (ten minutes of silence)
 
 # A break tag or a whitespace run; group 1 is the break duration in seconds. The unescaped "."
 # is the reference's (it accepts any one character there).
@@ -94,9 +98,12 @@ def _break_frames(seconds_text: str, frame_rate: float) -> int:
     try:
         seconds = float(seconds_text)
     except ValueError:
+        seconds = math.nan
+    if not 0.0 <= seconds <= MAX_BREAK_SECONDS:  # also refuses nan and inf ("1e400")
         raise TextError(
-            f'malformed break duration "{seconds_text}s": write it like <break time="1.5s"/>'
-        ) from None
+            f'malformed break duration "{seconds_text}s": write it like <break time="1.5s"/>, '
+            f"at most {MAX_BREAK_SECONDS:g} s"
+        )
     return round(seconds * frame_rate)
 
 
@@ -146,12 +153,20 @@ class EntryMaker:
 
 
 def _unsupported_message(word: str, encode: Callable[[str], list[int]]) -> str:
-    bad = sorted({c for c in word if UNKNOWN_TOKEN in encode(c)})
+    bad = sorted(set(spellable(word, encode)[1]))
     shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in bad) or repr(word)
     return (
         f"unsupported characters in {word!r}: {shown}; the model's tokenizer cannot spell them. "
         "Remove or replace them (e.g. spell out symbols and emoji)"
     )
+
+
+def spellable(word: str, encode: Callable[[str], list[int]]) -> tuple[str, str]:
+    """``word`` without the characters the tokenizer cannot spell, and those characters."""
+    if UNKNOWN_TOKEN not in encode(word):
+        return word, ""
+    kept = "".join(c for c in word if UNKNOWN_TOKEN not in encode(c))
+    return kept, "".join(c for c in word if c not in kept)
 
 
 class ScriptSplitter:
@@ -203,6 +218,54 @@ class ScriptSplitter:
             pos = match.end()
         self._buffer = self._buffer[pos:]
         return events
+
+
+class TextEntries:
+    """One utterance's text, in any chunking, to entries: a :class:`ScriptSplitter` feeding an
+    :class:`EntryMaker`. It needs no engine, so a server turns text into entries on the
+    connection's side and the model thread only receives entries.
+
+    With ``drop_unspellable``, characters the tokenizer cannot spell (emoji, symbols outside
+    its vocabulary) are removed from the words instead of raising :class:`TextError`; the
+    removed ones accumulate in :attr:`dropped`.
+    """
+
+    def __init__(self, maker: EntryMaker, *, drop_unspellable: bool = False) -> None:
+        self.maker = maker
+        self.splitter = ScriptSplitter()
+        self.drop_unspellable = drop_unspellable
+        self.dropped: set[str] = set()
+        self.turn = 0
+        maker.new_turn(0)
+
+    def _entries(self, events: list[tuple[str, str]]) -> list[Entry]:
+        entries = []
+        for kind, value in events:
+            if kind != "word":
+                entries.append(self.maker.pause(value))
+                continue
+            if self.drop_unspellable:
+                value, dropped = spellable(value, self.maker.encode)
+                self.dropped.update(dropped)
+                if not value:
+                    continue
+            entries.append(self.maker.word(value))
+        return entries
+
+    def push(self, text: str) -> list[Entry]:
+        """Entries complete once ``text`` is added (words end where whitespace follows)."""
+        return self._entries(self.splitter.push(text))
+
+    def next_turn(self) -> list[Entry]:
+        """End the current speaker turn (its last entries); following text is the other's."""
+        entries = self._entries(self.splitter.finish())
+        self.turn += 1
+        self.maker.new_turn(self.turn)
+        return entries
+
+    def finish(self) -> list[Entry]:
+        """The entries left at the end of the text."""
+        return self._entries(self.splitter.finish())
 
 
 def script_to_entries(

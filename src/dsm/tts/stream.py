@@ -17,7 +17,7 @@ import numpy as np
 
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.words import Word
-from dsm.tts.entries import ScriptSplitter
+from dsm.tts.entries import Entry, TextEntries
 
 if TYPE_CHECKING:
     from dsm.tts.engine import SlotOutput, TtsEngine
@@ -50,10 +50,7 @@ class TtsStream:
         self.prefix = tts.slot_prefix([voice])
         self.engine: TtsEngine | None = None
         self.slot = 0
-        self.maker = tts.entry_maker()
-        self.maker.new_turn(0)
-        self.splitter = ScriptSplitter()
-        self.turn = 0
+        self.text = TextEntries(tts.entry_maker())
         self.frames = 0  # audio chunks out
         self.ended = False  # no more text
         self.done = False  # the audio is complete
@@ -69,30 +66,25 @@ class TtsStream:
             raise RuntimeError("start the stream on an engine slot first")
         return self.engine
 
-    def _add(self, events: list[tuple[str, str]]) -> None:
-        entries = [
-            self.maker.word(value) if kind == "word" else self.maker.pause(value)
-            for kind, value in events
-        ]
+    def push_entries(self, entries: list[Entry]) -> None:
+        """Add entries made elsewhere (e.g. by a connection's own :class:`TextEntries`)."""
+        if self.ended:
+            raise RuntimeError("the stream has ended; open a new one")
         if entries:
             self._engine().push(self.slot, entries)
 
     def push(self, text: str) -> None:
         """Add text (any chunking: words are complete once whitespace follows them)."""
-        if self.ended:
-            raise RuntimeError("the stream has ended; open a new one")
-        self._add(self.splitter.push(text))
+        self.push_entries(self.text.push(text))
 
     def next_turn(self) -> None:
         """End the current speaker turn; following text is the other speaker's (dialogs)."""
-        self._add(self.splitter.finish())
-        self.turn += 1
-        self.maker.new_turn(self.turn)
+        self.push_entries(self.text.next_turn())
 
     def finish(self) -> None:
         """No more text: the slot runs until its audio is complete."""
         if not self.ended:
-            self._add(self.splitter.finish())
+            self.push_entries(self.text.finish())
             self.ended = True
             self._engine().finish(self.slot)
 
