@@ -64,6 +64,8 @@ class SttModuleConfig:
     # Largest accepted WebSocket message and HTTP upload, in bytes.
     max_message_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 200 * 1024 * 1024
+    # Longest audio an HTTP upload may hold (checked on the file's header before decoding).
+    max_upload_seconds: float = 7200.0
     warmup_steps: int = 2
 
 
