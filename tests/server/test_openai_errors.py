@@ -23,6 +23,7 @@ from tests.server.conftest import KEY, audio, run, serving
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BOUNDARY = "xyzBOUNDARYxyz"
+NOPE = "text/plain; charset=nope"
 
 
 def _wav(rate: int, frames: int) -> bytes:
@@ -74,7 +75,7 @@ def test_malformed_uploads_get_json_400(stt: dsm.SpeechToText) -> None:
         ("truncated", good[: len(good) // 2], {"Content-Type": form}, 400, "multipart"),
         (
             "unknown charset",
-            _multipart(("file", wav, ""), ("language", b"en", "Content-Type: text/plain; charset=nope")),
+            _multipart(("file", wav, ""), ("language", b"en", f"Content-Type: {NOPE}")),
             {"Content-Type": form}, 400, "nope",
         ),
         (
@@ -82,7 +83,7 @@ def test_malformed_uploads_get_json_400(stt: dsm.SpeechToText) -> None:
             _multipart(("file", wav, ""), ("prompt", b"\xff\xfe\xfa", "")),
             {"Content-Type": form}, 400, "utf",
         ),
-        ("bad gzip", b"not gzip at all", {"Content-Type": form, "Content-Encoding": "gzip"}, 400, ""),
+        ("bad gzip", b"not gzip", {"Content-Type": form, "Content-Encoding": "gzip"}, 400, "gzip"),
         ("not multipart", b"{}", {"Content-Type": "application/json"}, 400, "multipart"),
         (
             "bad temperature",
