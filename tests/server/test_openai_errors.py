@@ -20,6 +20,7 @@ from dsm.server.openai_api import DISCONNECT_POLL_S
 from dsm.server.uploads import MIN_SAMPLE_RATE
 from tests.audio.synth import write_audio
 from tests.server.conftest import KEY, audio, run, serving
+from tests.server.tts_helpers import serving_tts, shared_tts
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BOUNDARY = "xyzBOUNDARYxyz"
@@ -188,3 +189,42 @@ def test_client_leaving_frees_the_slot(stt: dsm.SpeechToText, tmp_path: Path, ro
     freed_after, steps = run(body, timeout=60)
     assert steps < 60 * 12.5  # the client left before the transcription finished
     assert freed_after < 10 * DISCONNECT_POLL_S + 2.0
+
+
+def test_speech_errors_and_ignored_parameters(tmp_path_factory: pytest.TempPathFactory) -> None:
+    shared = shared_tts(tmp_path_factory)
+    deep = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit
+
+    async def body() -> None:
+        async with (
+            serving_tts(shared.tts, shared.voice) as srv,
+            aiohttp.ClientSession() as http,
+        ):
+            url = f"{srv.http_url}/v1/audio/speech"
+            json_type = {"Content-Type": "application/json"}
+            for data, words in (
+                (deep.encode(), "json"),
+                (b'{"input": "a", "x": ' + deep.encode() + b"}", "json"),
+                (b"\xff\xfe{}", "json"),
+                (b'{"input": "hello", "speed": 9}', "speed"),
+                (b'{"input": "hello", "speed": "fast"}', "speed"),
+                (b'{"input": "hello", "instructions": 3}', "instructions"),
+            ):
+                got, payload, elapsed = await _post(http, url, data, json_type)
+                _assert_openai_error(got, payload, 400, words)
+                assert elapsed < 5.0
+            request = {
+                "input": "hello", "response_format": "wav", "model": "tts-1",
+                "speed": 1.5, "instructions": "whisper it",
+            }  # fmt: skip
+            async with http.post(url, json=request, headers=AUTH) as r:
+                assert r.status == 200 and len(await r.read()) > 44
+                warning = r.headers.get("Warning", "")
+            assert warning.startswith('299 dsm "') and "speed ignored" in warning
+            assert "instructions ignored" in warning and "tts-1" in warning
+            request = {"input": "hello", "response_format": "wav", "speed": 1.0}
+            async with http.post(url, json=request, headers=AUTH) as r:
+                assert r.status == 200 and "Warning" not in r.headers
+                await r.read()
+
+    run(body, timeout=60)
