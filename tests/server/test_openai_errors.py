@@ -104,10 +104,13 @@ def test_malformed_uploads_get_json_400(stt: dsm.SpeechToText) -> None:
             aiohttp.ClientSession() as http,
         ):
             url = f"{srv.http_url}/v1/audio/transcriptions"
+            slowest = 0.0
             for name, data, headers, status, words in cases:
                 got, payload, elapsed = await _post(http, url, data, headers)
                 _assert_openai_error(got, payload, status, words)
                 assert elapsed < 5.0, (name, elapsed)
+                slowest = max(slowest, elapsed)
+            print(f"{len(cases)} malformed uploads refused, the slowest in {slowest * 1000:.0f} ms")
             # The same body gzipped is read (the bad gzip above was the body's fault).
             got, payload, _ = await _post(
                 http, url, gzip.compress(good), {"Content-Type": form, "Content-Encoding": "gzip"}
@@ -187,6 +190,7 @@ def test_client_leaving_frees_the_slot(stt: dsm.SpeechToText, tmp_path: Path, ro
             return loop.time() - started, position
 
     freed_after, steps = run(body, timeout=60)
+    print(f"{route}: slot freed {freed_after * 1000:.0f} ms after the client left")
     assert steps < 60 * 12.5  # the client left before the transcription finished
     assert freed_after < 10 * DISCONNECT_POLL_S + 2.0
 

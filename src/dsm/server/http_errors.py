@@ -129,19 +129,29 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     left alone: their status and headers are on the wire)."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        response = json_error(exc.status, exc.message, exc.code)
-    except ModuleUnavailable as exc:
-        response = json_error(503, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
+    except ConnectionResetError:
+        raise  # the client left: nobody to answer
+    except Exception as exc:
+        response = None if request.writer.output_size > 0 else _response_for(request, exc)
+        if response is None:
             raise
+    _close_broken_body(request, response)
+    return response
+
+
+def _response_for(request: web.Request, exc: Exception) -> web.Response | None:
+    """The JSON answer to ``exc`` (None: let aiohttp handle it, e.g. a redirect)."""
+    if isinstance(exc, ApiError):
+        return json_error(exc.status, exc.message, exc.code)
+    if isinstance(exc, ModuleUnavailable):
+        return json_error(503, str(exc))
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400 or exc.content_type == "application/json":
+            return None
         response = json_error(exc.status, _message_of(exc))
         for name, value in exc.headers.items():
             if name.lower() not in ("content-type", "content-length"):
                 response.headers.setdefault(name, value)
-    except Exception:
-        _log.exception("unexpected error on %s %s", request.method, request.path)
-        response = json_error(500, "internal server error (logged on the server)")
-    _close_broken_body(request, response)
-    return response
+        return response
+    _log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal server error (logged on the server)")

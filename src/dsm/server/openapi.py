@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the server's HTTP routes, served at ``GET /openapi.json``.
 
-The description is data (:func:`openapi_document`); the routes it lists only for the modules
-the server runs (a server without TTS has no ``/v1/audio/speech``). The WebSocket routes are
+The description is data (:func:`openapi_document`). The OpenAI routes always exist (404 without
+their model); upstream's one-shot STT POST only with an STT model. The WebSocket routes are
 not HTTP operations and are described in ``docs/`` instead. Every error response has the JSON
 body of :mod:`dsm.server.http_errors`.
 """
@@ -39,7 +39,7 @@ _ERROR_TEXT = {
     400: "Malformed request (the message says what to change)",
     401: "Missing or unknown API key",
     404: "The server runs no model for this route",
-    413: "Upload too large (bytes or audio duration)",
+    413: "Request too large (body bytes, audio duration or text length)",
     503: "No free slot within the queue timeout, or the model stopped",
 }
 
@@ -90,7 +90,7 @@ def _transcriptions() -> dict[str, Any]:
             "operationId": "createTranscription",
             "summary": "Transcribe an audio file (OpenAI-compatible)",
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
-            "responses": _responses(ok, 400, 401, 413, 503),
+            "responses": _responses(ok, 400, 401, 404, 413, 503),
         }
     }
 
@@ -114,7 +114,7 @@ def _speech() -> dict[str, Any]:
             "operationId": "createSpeech",
             "summary": "Speak a text (OpenAI-compatible)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": _responses(ok, 400, 401, 503),
+            "responses": _responses(ok, 400, 401, 404, 413, 503),
         }
     }
 
@@ -164,8 +164,9 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
             "openapi", "This description", _ok("OpenAPI", "application/json", schema=_ANY_JSON)
         ),
     }  # fmt: skip
+    paths["/v1/audio/transcriptions"] = _transcriptions()
+    paths["/v1/audio/speech"] = _speech()
     if server.stt is not None:
-        paths["/v1/audio/transcriptions"] = _transcriptions()
         upstream = _ok("Word and EndWord messages", "application/json", schema={"type": "array"})
         paths[server.config.stt.path] = {
             "post": {
@@ -178,8 +179,6 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
                 "responses": _responses(upstream, 400, 401, 413, 503),
             }
         }
-    if server.tts is not None:
-        paths["/v1/audio/speech"] = _speech()
     return {
         "openapi": "3.1.0",
         "info": {"title": "dsm server", "version": __version__},
