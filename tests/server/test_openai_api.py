@@ -10,7 +10,7 @@ import aiohttp
 
 import dsm
 from dsm.server.openai_api import TranscriptionResult, render
-from dsm.stt.words import Word, fit_words
+from dsm.stt.words import Word
 from tests.audio.synth import write_audio
 from tests.server.conftest import KEY, audio, receive, run, serving
 
@@ -47,20 +47,18 @@ def test_transcriptions_json_verbose_and_stream(stt: dsm.SpeechToText, tmp_path:
 
     plain, verbose, sse = run(body, timeout=60)
     assert [r[0] for r in (plain, verbose, sse)] == [200, 200, 200]
-    # The server's text is still the tokenizer's decoding of the kept tokens, not yet the joined
-    # words of dsm.stt.words (issue 20, OpenAI items): equal but for where a word-start marker
-    # falls inside a word's pieces, which the joined words show as a space.
-    server_text = json.loads(plain[2])["text"]
-    assert json.loads(plain[2]) == {"text": server_text}
-    assert server_text.replace(" ", "") == expected.text.replace(" ", "")
+    # Text and word times follow dsm transcribe's rule (text = joined words, fitted ends).
+    assert json.loads(plain[2]) == {"text": expected.text}
+    server_text = expected.text
     v = json.loads(verbose[2])
-    assert v["text"] == server_text and v["task"] == "transcribe"
+    assert v["text"] == expected.text and v["task"] == "transcribe"
+    assert "language" not in v  # the checkpoints detect no language: none is claimed
     assert abs(v["duration"] - expected.duration) < 1e-3
     assert [w["word"] for w in v["words"]] == [w.text for w in expected.words]
-    # Its word times are the stream's; the transcript's are those fitted to the input.
-    got_words = [Word(w["word"], w["start"], w["end"]) for w in v["words"]]
-    for got, want in zip(fit_words(got_words, v["duration"]), expected.words, strict=True):
-        assert abs(got.start - want.start) < 1e-3 and abs(got.end - want.end) < 1e-3
+    for got, want in zip(v["words"], expected.words, strict=True):
+        assert abs(got["start"] - want.start) < 1e-3 and abs(got["end"] - want.end) < 1e-3
+    assert all("\n" not in segment["text"] for segment in v["segments"])
+    assert " ".join(segment["text"] for segment in v["segments"]) == expected.text
     assert sse[1].startswith("text/event-stream")
     events = [json.loads(line[6:]) for line in sse[2].splitlines() if line.startswith("data: ")]
     assert events[-1] == {"type": "transcript.text.done", "text": server_text}
@@ -73,12 +71,14 @@ def test_render_formats() -> None:
     result = TranscriptionResult()
     for message in (
         {"type": "Word", "text": "Hello", "start_time": 0.5},
-        {"type": "EndWord", "stop_time": 0.9},
+        {"type": "EndWord", "stop_time": 1.2},  # past the next word's start
         {"type": "Word", "text": "world.", "start_time": 1.0},
+        {"type": "EndWord", "stop_time": 2.5},  # past the input's end
         {"type": "_Done", "text": "Hello world.", "duration": 2.0},
     ):
         result.on_message(message)
-    assert result.words == [Word("Hello", 0.5, 0.9), Word("world.", 1.0, 1.0)]
+    # Fitted as dsm transcribe fits them: an end is at most the next start and the duration.
+    assert result.words == [Word("Hello", 0.5, 1.0), Word("world.", 1.0, 2.0)]
     assert render(result, "text").text == "Hello world.\n"
     srt = render(result, "srt")
     assert srt.content_type == "application/x-subrip"
@@ -86,7 +86,7 @@ def test_render_formats() -> None:
     vtt = render(result, "vtt").text
     assert vtt is not None and vtt.startswith("WEBVTT") and "00:00:00.500 --> " in vtt
     verbose = json.loads(render(result, "verbose_json", word_times=True).text or "")
-    assert verbose["words"][0] == {"word": "Hello", "start": 0.5, "end": 0.9}
+    assert verbose["words"][0] == {"word": "Hello", "start": 0.5, "end": 1.0}
     assert verbose["segments"][0]["text"] == "Hello world."
     assert "words" not in json.loads(render(result, "verbose_json").text or "")
     assert json.loads(render(result, "json").text or "") == {"text": "Hello world."}

@@ -12,11 +12,13 @@ Routes (server-protocol.md §1.2 plus the OpenAI-compatible API):
 ``GET  /health/ready``         same as ``/health``
 ``GET  /api/tts_streaming``    TTS WebSocket (Kyutai protocol)
 ``POST /v1/audio/transcriptions``, ``POST /v1/audio/speech``, ``GET /v1/models``: OpenAI API
+``GET  /openapi.json``         OpenAPI 3.1 description of the HTTP routes
 =============================  =============================================================
 
 Auth: when ``authorized_ids`` is set, WebSocket routes accept the ``kyutai-api-key`` header or
 the ``auth_id`` query parameter, POST routes the header or ``Authorization: Bearer``; anything
-else gets 401. Health, metrics and info routes are open (load balancers probe them).
+else gets 401. Health, metrics and info routes are open (load balancers probe them). Every HTTP
+error has a JSON body in OpenAI's shape (:mod:`dsm.server.http_errors`).
 
 Slow clients: a connection that sends no complete request head within ``header_timeout_s`` of
 opening (or of its previous response) is closed (aiohttp's keep-alive timer, set by
@@ -31,21 +33,13 @@ from typing import Any
 
 from aiohttp import web
 
-from dsm.engine.slots import ModuleUnavailable
-from dsm.server import info_routes, openai_api, openai_speech, ws_stt, ws_tts
+from dsm.server import info_routes, openai_api, openai_speech, openapi, ws_stt, ws_tts
+from dsm.server.http_errors import errors_middleware
 from dsm.server.state import SERVER_KEY, DsmServer
 
 __all__ = ["SERVER_KEY", "DsmServer", "build_app"]
 
-ROUTE_MODULES = (info_routes, ws_stt, ws_tts, openai_api, openai_speech)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ModuleUnavailable as exc:
-        return web.json_response({"error": {"message": str(exc)}}, status=503)
+ROUTE_MODULES = (info_routes, ws_stt, ws_tts, openai_api, openai_speech, openapi)
 
 
 async def _watch_body(request: web.Request, timeout: float) -> None:
@@ -74,7 +68,9 @@ async def _body_deadline(request: web.Request, handler: Any) -> web.StreamRespon
 def build_app(server: DsmServer) -> web.Application:
     """The aiohttp application for ``server`` (modules start with the app, stop with it)."""
     max_upload = server.config.stt.max_upload_bytes
-    app = web.Application(client_max_size=max_upload, middlewares=[_errors, _body_deadline])
+    app = web.Application(
+        client_max_size=max_upload, middlewares=[errors_middleware, _body_deadline]
+    )
     app[SERVER_KEY] = server
     for routes in ROUTE_MODULES:
         routes.add_routes(app, server)

@@ -66,6 +66,8 @@ class SttModuleConfig:
     max_upload_bytes: int = 200 * 1024 * 1024
     # Largest OggOpus message (decoded off the event loop), in bytes.
     max_ogg_message_bytes: int = 256 * 1024
+    # Longest audio an HTTP upload may hold (checked on the file's header before decoding).
+    max_upload_seconds: float = 7200.0
     warmup_steps: int = 2
 
 

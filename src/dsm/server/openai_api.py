@@ -5,9 +5,18 @@ Transcriptions take a multipart ``file`` (any format the decoder reads, any samp
 ``timestamp_granularities[]=word`` for word times). ``stream=true`` answers with server-sent
 events: ``transcript.text.delta`` per word as the model emits it, then ``transcript.text.done``.
 Requests share the STT slots with the WebSocket sessions: a request waits up to
-``queue_timeout_s`` for a free slot, then gets 503. The text equals ``dsm transcribe`` on the
-same audio (same padding, same frames, same final step). ``model``, ``language``, ``prompt`` and
-``temperature`` are accepted and ignored (decoding is greedy, the language is the model's).
+``queue_timeout_s`` for a free slot, then gets 503; a client that disconnects frees its slot
+within :data:`DISCONNECT_POLL_S`. Uploads are limited to ``max_upload_bytes`` and
+``max_upload_seconds`` (:mod:`dsm.server.uploads`). The text and word times equal
+``dsm transcribe`` on the same audio: same padding, frames and final step, word ends fitted by
+:func:`~dsm.stt.words.fit_words` (a word ends no later than the next starts, and within the
+input), text the joined words. ``verbose_json`` has no ``language`` (the checkpoints detect
+none; the en_fr ones transcribe both), and one segment per subtitle cue on one line.
+
+``language``, ``prompt`` and a ``temperature`` other than 0 are accepted and not applied
+(decoding is greedy; the models need no language hint; the server has no text prompts): the
+response names them in a ``Warning`` header (:mod:`dsm.server.openai_common`). Errors have
+OpenAI's JSON shape (:mod:`dsm.server.http_errors`).
 """
 
 from __future__ import annotations
@@ -23,23 +32,39 @@ from aiohttp import BodyPartReader, web
 
 from dsm.engine.stt import SttChannel
 from dsm.mimi import SAMPLE_RATE
+from dsm.server.http_errors import ApiError, read_guard
+from dsm.server.openai_common import model_note, stt_model_id, tts_model_id, warn_ignored
 from dsm.server.protocol import message_of
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.server.uploads import decode_upload
 from dsm.stt.subtitles import build_cues, to_srt, to_vtt
-from dsm.stt.words import Word
+from dsm.stt.words import Word, fit_words
 
-__all__ = ["FORMATS", "TranscriptionResult", "add_routes", "render", "transcribe_on_server"]
+__all__ = [
+    "DISCONNECT_POLL_S",
+    "FORMATS",
+    "GRANULARITIES",
+    "ClientGone",
+    "TranscriptionResult",
+    "add_routes",
+    "render",
+    "transcribe_on_server",
+]
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("word", "segment")
+# How often a transcription checks that its client is still connected.
+DISCONNECT_POLL_S = 0.2
 _PUSH_BLOCK = SAMPLE_RATE * 10
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+class ClientGone(Exception):
+    """The HTTP client disconnected before its transcription finished."""
 
 
 class TranscriptionResult:
-    """Text, timed words and duration of one transcription through the server."""
+    """Text, timed words and duration of one transcription through the server (the words'
+    times fitted to the input once the stream is done, as ``dsm transcribe`` does)."""
 
     def __init__(self) -> None:
         self.text = ""
@@ -58,6 +83,7 @@ class TranscriptionResult:
             self._close(None)
             self.text = message["text"]
             self.duration = message["duration"]
+            self.words = fit_words(self.words, self.duration)
 
     def _close(self, end: float | None) -> None:
         if self._open is not None:
@@ -75,19 +101,38 @@ async def _claim(server: DsmServer, timeout: float) -> SttChannel:
         if channel is not None:
             return channel
         if time.monotonic() >= deadline:
-            raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": {"message": "no free channels", "type": "server_error"}}),
-                content_type="application/json",
-            )
+            raise ApiError(503, "no free channels: every STT slot is busy; retry later")
         await asyncio.sleep(0.05)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _next_batch(channel: SttChannel, request: web.Request | None) -> list[Any] | None:
+    """The channel's next batch; :class:`ClientGone` once ``request``'s client has left (checked
+    on every batch, and every :data:`DISCONNECT_POLL_S` while none comes)."""
+    while True:
+        if request is not None and _gone(request):
+            raise ClientGone
+        try:
+            return await channel.get(timeout=None if request is None else DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            continue
 
 
 async def transcribe_on_server(
     server: DsmServer,
     audio: np.ndarray,
     on_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    request: web.Request | None = None,
 ) -> TranscriptionResult:
-    """Transcribe 24 kHz mono ``audio`` in one of the server's STT slots."""
+    """Transcribe 24 kHz mono ``audio`` in one of the server's STT slots.
+
+    With ``request``, raises :class:`ClientGone` (and frees the slot) once that request's client
+    has disconnected.
+    """
     module = server.stt_module_or_fail()
     channel = await _claim(server, server.config.stt.queue_timeout_s)
     result = TranscriptionResult()
@@ -97,12 +142,12 @@ async def transcribe_on_server(
         channel.finish_input()
         module.wake.set()
         while True:
-            batch = await channel.get()
+            batch = await _next_batch(channel, request)
             if batch is None:
-                raise web.HTTPServiceUnavailable(text="the STT model stopped")
+                raise ApiError(503, "the STT model stopped")
             for message in map(message_of, batch):
                 if message["type"] == "Error":
-                    raise web.HTTPServiceUnavailable(text=message["message"])
+                    raise ApiError(503, message["message"])
                 result.on_message(message)
                 if on_message is not None:
                     await on_message(message)
@@ -112,13 +157,6 @@ async def transcribe_on_server(
         module.release(channel)
 
 
-async def _decode(data: bytes) -> np.ndarray:
-    from dsm.audio import load_audio
-
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, load_audio, data)
-
-
 def _verbose(result: TranscriptionResult, words: bool) -> dict[str, Any]:
     segments = [
         {
@@ -126,7 +164,7 @@ def _verbose(result: TranscriptionResult, words: bool) -> dict[str, Any]:
             "seek": 0,
             "start": round(c.start, 3),
             "end": round(c.end, 3),
-            "text": c.text,
+            "text": " ".join(c.lines),
             "tokens": [],
             "temperature": 0.0,
             "avg_logprob": 0.0,
@@ -137,7 +175,6 @@ def _verbose(result: TranscriptionResult, words: bool) -> dict[str, Any]:
     ]
     body: dict[str, Any] = {
         "task": "transcribe",
-        "language": "english",
         "duration": round(result.duration, 3),
         "text": result.text,
         "segments": segments,
@@ -150,44 +187,90 @@ def _verbose(result: TranscriptionResult, words: bool) -> dict[str, Any]:
     return body
 
 
+async def _read_form(request: web.Request) -> tuple[bytes, dict[str, list[str]]]:
+    """The uploaded file and the other fields of a multipart transcription request."""
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "send multipart/form-data with a 'file' field")
+    fields: dict[str, list[str]] = {}
+    data = b""
+    with read_guard("expected multipart/form-data with a 'file' field and UTF-8 text fields"):
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue  # nested multipart: not part of the API
+            name = part.name or ""
+            if name == "file":
+                data = bytes(await part.read())
+            else:
+                fields.setdefault(name, []).append(await part.text())
+    if not data:
+        raise ApiError(400, "the 'file' field is missing or empty")
+    return data, fields
+
+
+class _Options:
+    """The transcription fields of one request, checked."""
+
+    def __init__(self, fields: dict[str, list[str]], served: str) -> None:
+        def last(name: str, default: str = "") -> str:
+            return fields.get(name, [default])[-1]
+
+        self.format = last("response_format", "json")
+        if self.format not in FORMATS:
+            raise ApiError(
+                400, f"response_format must be one of {', '.join(FORMATS)}, got {self.format!r}"
+            )
+        granularities = fields.get("timestamp_granularities[]", []) + fields.get(
+            "timestamp_granularities", []
+        )
+        unknown = [g for g in granularities if g not in GRANULARITIES]
+        if unknown:
+            raise ApiError(
+                400,
+                f"timestamp_granularities must be among {', '.join(GRANULARITIES)}, "
+                f"got {unknown[0]!r}",
+            )
+        self.word_times = "word" in granularities
+        stream = last("stream", "false").lower()
+        if stream not in ("true", "false", "1", "0"):
+            raise ApiError(400, f"stream must be true or false, got {stream!r}")
+        self.stream = stream in ("true", "1")
+        temperature = last("temperature", "0")
+        try:
+            value = float(temperature)
+        except ValueError:
+            raise ApiError(400, f"temperature must be a number, got {temperature!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ApiError(400, f"temperature must be between 0 and 1, got {temperature}")
+        self.notes = model_note(fields.get("model", [None])[-1], served)
+        if last("language"):
+            self.notes.append("language ignored: the model transcribes its own languages")
+        if last("prompt"):
+            self.notes.append("prompt ignored: the server has no text prompts")
+        if value != 0.0:
+            self.notes.append("temperature ignored: decoding is greedy")
+
+
 async def _transcriptions(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
     server.check_key(request)
     started = time.monotonic()
     if server.stt is None:
-        return _error(404, "this server has no speech-to-text model")
-    if not request.content_type.startswith("multipart/"):
-        return _error(400, "send multipart/form-data with a 'file' field")
-    fields: dict[str, list[str]] = {}
-    data: bytes | None = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue  # nested multipart: not part of the API
-        name = part.name or ""
-        if name == "file":
-            data = bytes(await part.read())
-        else:
-            fields.setdefault(name, []).append(await part.text())
-    if not data:
-        return _error(400, "the 'file' field is missing or empty")
-    fmt = fields.get("response_format", ["json"])[-1]
-    if fmt not in FORMATS:
-        return _error(400, f"response_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    granularities = fields.get("timestamp_granularities[]", []) + fields.get(
-        "timestamp_granularities", []
-    )
-    stream = fields.get("stream", ["false"])[-1].lower() in ("true", "1")
-    try:
-        audio = await _decode(data)
-    except Exception as exc:
-        return _error(400, f"could not decode the audio file: {exc}")
+        raise ApiError(404, "this server has no speech-to-text model")
+    data, fields = await _read_form(request)
+    options = _Options(fields, stt_model_id(server))
+    audio = await decode_upload(data, server.config.stt.max_upload_seconds)
     server.metrics.inc("dsm_http_transcriptions")
-    if stream:
-        return await _stream(request, server, audio, started)
-    result = await transcribe_on_server(server, audio)
+    try:
+        if options.stream:
+            return await _stream(request, server, audio, started, options.notes)
+        result = await transcribe_on_server(server, audio, request=request)
+    except ClientGone:
+        return web.Response(status=499, text="client closed the request")
     server.metrics.http_duration.labels("transcriptions").observe(time.monotonic() - started)
-    return render(result, fmt, word_times="word" in granularities)
+    response = render(result, options.format, word_times=options.word_times)
+    warn_ignored(response, options.notes)
+    return response
 
 
 def render(result: TranscriptionResult, fmt: str, *, word_times: bool = False) -> web.Response:
@@ -204,11 +287,12 @@ def render(result: TranscriptionResult, fmt: str, *, word_times: bool = False) -
 
 
 async def _stream(
-    request: web.Request, server: DsmServer, audio: np.ndarray, started: float
+    request: web.Request, server: DsmServer, audio: np.ndarray, started: float, notes: list[str]
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
+    warn_ignored(response, notes)
     await response.prepare(request)
 
     async def send(event: dict[str, Any]) -> None:
@@ -218,7 +302,7 @@ async def _stream(
         if message["type"] == "Word":
             await send({"type": "transcript.text.delta", "delta": message["text"] + " "})
 
-    result = await transcribe_on_server(server, audio, on_message)
+    result = await transcribe_on_server(server, audio, on_message, request)
     await send({"type": "transcript.text.done", "text": result.text})
     await response.write_eof()
     server.metrics.http_duration.labels("transcriptions_stream").observe(time.monotonic() - started)
@@ -227,23 +311,22 @@ async def _stream(
 
 async def _upstream_post(request: web.Request) -> web.Response:
     """Upstream's one-shot ``POST /api/asr-streaming``: raw audio file body in, a JSON array of
-    ``Word``/``EndWord`` messages out (server-protocol.md §2.8)."""
+    ``Word``/``EndWord`` messages out (server-protocol.md §2.8); the stream's own word times."""
     server = request.app[SERVER_KEY]
     server.check_key(request)
-    data = await request.read()
-    if not data:
-        return web.Response(status=400, text="the request body must be an audio file")
-    try:
-        audio = await _decode(data)
-    except Exception as exc:
-        return web.Response(status=400, text=f"could not decode the audio file: {exc}")
+    with read_guard("expected an audio file as the request body"):
+        data = await request.read()
+    audio = await decode_upload(data, server.config.stt.max_upload_seconds)
     messages: list[dict[str, Any]] = []
 
     async def collect(message: dict[str, Any]) -> None:
         if message["type"] in ("Word", "EndWord"):
             messages.append(message)
 
-    await transcribe_on_server(server, audio, collect)
+    try:
+        await transcribe_on_server(server, audio, collect, request)
+    except ClientGone:
+        return web.Response(status=499, text="client closed the request")
     return web.json_response(messages)
 
 
@@ -251,10 +334,10 @@ async def _models(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     server.check_key(request)
     created = int(server.started_at)
-    models = []
-    for module in server.modules:
-        name = getattr(getattr(module, "stt", None), "name", "") or module.name
-        models.append({"id": name, "object": "model", "created": created, "owned_by": "dsm"})
+    ids = ([stt_model_id(server)] if server.stt else []) + (
+        [tts_model_id(server)] if server.tts else []
+    )
+    models = [{"id": i, "object": "model", "created": created, "owned_by": "dsm"} for i in ids]
     return web.json_response({"object": "list", "data": models})
 
 

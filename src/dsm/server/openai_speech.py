@@ -9,6 +9,11 @@ write, or an unknown one, gets 400 with the list of supported ones. OpenAI's bui
 names (``alloy``, ``nova``...) select the server's default voice; any other name must be a
 voice of the checkpoint, else 400 (never a silent fallback). Requests share the TTS slots with
 the WebSocket sessions and wait up to ``queue_timeout_s`` for one.
+
+``speed`` (other than 1), ``instructions`` and a ``model`` other than the served one are
+accepted and not applied (the models have no speaking-rate or style control): the response
+names them in a ``Warning`` header (:mod:`dsm.server.openai_common`). Errors have OpenAI's JSON
+shape (:mod:`dsm.server.http_errors`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from aiohttp import web
 
 from dsm.audio.encode import AudioEncoder, available_formats, make_encoder, wav_header
 from dsm.engine.tts import TtsChannel
+from dsm.server.http_errors import ApiError, read_guard
+from dsm.server.openai_common import model_note, tts_model_id, warn_ignored
 from dsm.server.protocol import message_of
 from dsm.server.state import SERVER_KEY, DsmServer
 
@@ -43,11 +50,6 @@ def _default_format() -> str:
     return "mp3" if "mp3" in formats else "wav"
 
 
-def _error(status: int, message: str) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error"}}
-    return web.json_response(body, status=status)
-
-
 async def _claim(server: DsmServer, voice: str | None) -> TtsChannel | None:
     module = server.tts
     assert module is not None
@@ -65,31 +67,28 @@ async def _speech(request: web.Request) -> web.StreamResponse:
     server.check_key(request)
     module = server.tts
     if module is None:
-        return _error(404, "this server has no text-to-speech model")
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "the body must be JSON")
+        raise ApiError(404, "this server has no text-to-speech model")
+    with read_guard("expected a JSON object"):
+        body: Any = json.loads(await request.read())
     if not isinstance(body, dict) or not isinstance(body.get("input"), str):
-        return _error(400, "'input' (the text to speak) is required")
+        raise ApiError(400, "'input' (the text to speak) is required")
     text = body["input"].strip()
     if not text:
-        return _error(400, "'input' is empty")
+        raise ApiError(400, "'input' is empty")
     fmt = body.get("response_format") or _default_format()
     if fmt not in speech_formats():
         supported = ", ".join(speech_formats())
-        return _error(400, f"response_format {fmt!r} is not supported; use one of: {supported}")
+        raise ApiError(400, f"response_format {fmt!r} is not supported; use one of: {supported}")
     voice = body.get("voice")
     if voice is not None and not isinstance(voice, str):
-        return _error(400, "'voice' must be a string")
+        raise ApiError(400, "'voice' must be a string")
     if voice in OPENAI_VOICES:
         voice = None
+    notes = _notes(body, tts_model_id(server))
     started = time.monotonic()
     channel = await _claim(server, voice)
     if channel is None:
-        return web.json_response(
-            {"error": {"message": "no free channels", "type": "server_error"}}, status=503
-        )
+        raise ApiError(503, "no free channels: every TTS slot is busy; retry later")
     encoder = make_encoder(fmt)
     response: web.StreamResponse | None = None
     try:
@@ -103,17 +102,17 @@ async def _speech(request: web.Request) -> web.StreamResponse:
             for message in map(message_of, batch):
                 if message["type"] == "Error":
                     if response is None:
-                        return _error(400, message["message"])
+                        raise ApiError(400, message["message"])
                     raise ConnectionResetError(message["message"])
                 if message["type"] != "Audio":
                     continue
                 if response is None:
-                    response = await _start(request, encoder)
+                    response = await _start(request, encoder, notes)
                 data = encoder.encode(np.asarray(message["pcm"], dtype=np.float32))
                 if data:
                     await response.write(data)
         if response is None:  # no audio at all (e.g. only a pause)
-            response = await _start(request, encoder)
+            response = await _start(request, encoder, notes)
         tail = encoder.finish()
         if tail:
             await response.write(tail)
@@ -125,8 +124,27 @@ async def _speech(request: web.Request) -> web.StreamResponse:
         module.release(channel)
 
 
-async def _start(request: web.Request, encoder: AudioEncoder) -> web.StreamResponse:
+def _notes(body: dict[str, Any], served: str) -> list[str]:
+    """What the request asks for and will not get (checked before a slot is claimed)."""
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
+        raise ApiError(400, f"speed must be a number from 0.25 to 4.0, got {speed!r}")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ApiError(400, "'instructions' must be a string")
+    notes = model_note(body.get("model"), served)
+    if speed != 1.0:
+        notes.append("speed ignored: the model speaks at its own rate")
+    if instructions:
+        notes.append("instructions ignored: the model has no style control")
+    return notes
+
+
+async def _start(
+    request: web.Request, encoder: AudioEncoder, notes: list[str]
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": encoder.content_type})
+    warn_ignored(response, notes)
     await response.prepare(request)
     header = encoder.header()
     if header:
