@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 import dsm
-from tests.server.conftest import KEY, audio, pack, receive, run, serving, unmute_accepts
+from tests.server.conftest import (
+    KEY,
+    audio,
+    pack,
+    receive,
+    receive_close,
+    run,
+    serving,
+    unmute_accepts,
+)
 
 HEADERS = {"kyutai-api-key": KEY}
 ASR = "/api/asr-streaming"
@@ -120,7 +129,7 @@ def test_auth(stt: dsm.SpeechToText) -> None:
         (pack({"type": "Marker", "id": "x"}), "id"),
     ],
 )
-def test_invalid_messages_get_an_error(
+def test_invalid_messages_close_with_the_reason(
     stt: dsm.SpeechToText, payload: bytes, fragment: str
 ) -> None:
     async def body() -> None:
@@ -129,10 +138,8 @@ def test_invalid_messages_get_an_error(
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_str("text frames are ignored, as upstream")
                 await ws.send_bytes(payload)
-                reply = await receive(ws)
-                assert reply["type"] == "Error" and fragment in reply["message"]
-                assert set(reply) == {"type", "message"}
-                await _closed(ws)
+                code, reason = await receive_close(ws)  # no Error message after Ready
+                assert code == 1008 and fragment in reason
             await _wait_slots(http, srv.http_url, 0)
 
     run(body, timeout=20)
@@ -157,9 +164,8 @@ def test_idle_connection_loses_its_slot(stt: dsm.SpeechToText) -> None:
         async with serving(stt, idle_timeout_s=0.3) as srv, aiohttp.ClientSession() as http:
             async with http.ws_connect(f"{srv.ws_url}{ASR}", headers=HEADERS) as ws:
                 assert await receive(ws) == {"type": "Ready"}
-                reply = await receive(ws, timeout=5)
-                assert reply["type"] == "Error" and "no data" in reply["message"]
-                await _closed(ws)
+                code, reason = await receive_close(ws, timeout=5)
+                assert code == 1008 and "no data" in reason
             await _wait_slots(http, srv.http_url, 0)
 
     run(body, timeout=20)
@@ -200,9 +206,8 @@ def test_failed_model_loop_fails_health_and_answers(stt: dsm.SpeechToText) -> No
             async with http.ws_connect(f"{srv.ws_url}{ASR}", headers=HEADERS) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Audio", "pcm": [0.0] * 1920}))
-                reply = await receive(ws)
-                assert reply["type"] == "Error" and "CUDA_ERROR_NOT_FOUND" in reply["message"]
-                await _closed(ws)
+                code, reason = await receive_close(ws)
+                assert code == 1011 and "CUDA_ERROR_NOT_FOUND" in reason
             async with http.get(f"{srv.http_url}/health") as r:
                 assert r.status == 503
                 body_ = await r.json()
@@ -247,9 +252,7 @@ def test_graceful_shutdown_tells_active_sessions(stt: dsm.SpeechToText) -> None:
             assert reply["type"] == "Error" and "shutting down" in reply["message"]
             await late.close()
             # The active session may finish within the grace period; after it, it is told.
-            reply = await receive(ws, timeout=5)
-            assert reply == {"type": "Error", "message": "the server is shutting down"}
-            await _closed(ws)
+            assert await receive_close(ws, timeout=5) == (1001, "the server is shutting down")
             await ws.close()
             await stopping
 

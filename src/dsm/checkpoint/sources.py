@@ -31,6 +31,7 @@ __all__ = [
     "hub_reachable",
     "open_checkpoint",
     "parse_source",
+    "public_model_id",
     "resolve_file",
     "resolve_mimi_file",
 ]
@@ -97,6 +98,16 @@ def parse_source(source: str | Path) -> Path | HubLocation:
         f"model source {text!r} is neither an existing file or directory nor a hub repo id "
         "like 'kyutai/stt-1b-en_fr'"
     )
+
+
+def public_model_id(source: str | Path) -> str:
+    """What a server shows of a model source: a hub repo id (``owner/name[@revision]``) as it
+    is, a local checkpoint by its directory's name only, never its path."""
+    text = str(source).strip().removeprefix("file://")
+    path = Path(text).expanduser()
+    if _looks_like_repo_id(_split_revision(text)[0]) and not path.exists():
+        return text
+    return path.name or "model"
 
 
 def _split_revision(text: str) -> tuple[str, str | None]:

@@ -8,34 +8,55 @@ waiting for words does not advance), and delivers the events of the slot's
 server's ``Audio``) and ``Word`` (spans in seconds of the output audio; ``Text``). When a
 slot's audio is complete the stream ends and the server closes the socket.
 
-Differences from upstream, on purpose: an unknown voice is answered with an ``Error`` (upstream
-silently uses the default voice, DSM issue #99); ``Text`` times are on the audio's timeline
-(upstream's run ahead of the audio by the model delay).
+Voices: a channel names a voice of the module's :class:`~dsm.tts.voice_catalog.VoiceCatalog`
+(enumerated at warm-up; never a path, never a download while serving) or None for the default
+voice, or is given a custom speaker embedding (:meth:`TtsModule.custom_voice`, the ``Voice``
+message) before its first text. An unknown name fails the channel with the one
+:data:`~dsm.tts.voice_catalog.UNKNOWN_VOICE` text, or, for a channel opened with
+``fallback=True`` (upstream's behaviour), speaks with the default voice, logged and counted in
+``dsm_unknown_voices``.
+
+Difference from upstream, on purpose: ``Text`` times are on the audio's timeline (upstream's run
+ahead of the audio by the model delay).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
+from dsm.checkpoint.sources import public_model_id
 from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import END, Channel, ModelModule
 from dsm.errors import DsmError
 from dsm.tts.stream import TtsStream
+from dsm.tts.voice_catalog import UNKNOWN_VOICE, VoiceCatalog
+from dsm.tts.voices import VoiceError
 
 if TYPE_CHECKING:
     from dsm.tts.engine import TtsEngine
-    from dsm.tts.model import TextToSpeech
+    from dsm.tts.model import TextToSpeech, Voice
 
 __all__ = ["TtsChannel", "TtsModule"]
+
+log = logging.getLogger("dsm.server")
 
 
 class TtsChannel(Channel):
     """A connection's TTS state: queued text (event loop side) and the slot's progress."""
 
-    def __init__(self, slot: int, loop: Any, voice: str | None, *, max_pending: int) -> None:
+    def __init__(
+        self, slot: int, loop: Any, voice: str | None, *, max_pending: int, fallback: bool = False
+    ) -> None:
         super().__init__(slot, loop, max_pending)
-        self.voice = voice
+        self.voice = voice  # a name of the module's catalog, None: the default voice
+        self.fallback = fallback  # an unknown name speaks with the default voice
+        self.custom: torch.Tensor | None = None  # a Voice message's embedding
+        self.voice_changed = False
         self._texts: list[str] = []
         self.eos = False
         self.words_received = 0
@@ -55,14 +76,32 @@ class TtsChannel(Channel):
             self._texts.append(text)
             self.words_received += len(text.split())
 
+    def set_custom_voice(self, embedding: torch.Tensor) -> None:
+        """Condition on ``embedding`` (from :meth:`TtsModule.custom_voice`) instead of the named
+        voice; only before the first text (raises ValueError after it)."""
+        with self.lock:
+            if self.first_text_at is not None or self.eos:
+                raise ValueError("a Voice message must come before the first Text")
+            self.custom = embedding
+            self.voice_changed = True
+
+    def take_custom_voice(self) -> torch.Tensor | None:
+        """The custom embedding, marking the voice as applied (model thread, when binding)."""
+        with self.lock:
+            self.voice_changed = False
+            return self.custom
+
     def end_text(self) -> None:
         """``Eos``: no more text."""
         with self.lock:
             self.eos = True
 
     def take(self) -> tuple[list[str], bool]:
-        """Texts queued since the last call and whether the text is complete (model thread)."""
+        """Texts queued since the last call and whether the text is complete (model thread);
+        nothing while a new voice waits to be applied (the slot restarts with it first)."""
         with self.lock:
+            if self.voice_changed:
+                return [], False
             texts, self._texts = self._texts, []
             return texts, self.eos
 
@@ -96,21 +135,53 @@ class TtsModule(ModelModule[TtsChannel]):
         self.path = path
         self.max_pending_messages = max_pending_messages
         self.engine: TtsEngine | None = None
+        self.catalog: VoiceCatalog | None = None  # built at warm-up
+        self.voice_shape: tuple[int, int, int] | None = None  # every slot's embedding shape
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
         self.on_release = self._released
 
-    def new_channel(self, loop: Any, voice: str | None) -> TtsChannel | None:
-        """Claim a slot (None: no free slot). ``voice`` None: the module's default voice."""
-        chosen = voice or self.default_voice
+    def new_channel(
+        self, loop: Any, voice: str | None, *, fallback: bool = False
+    ) -> TtsChannel | None:
+        """Claim a slot (None: no free slot). ``voice``: a voice name of the module's catalog,
+        None for the default voice; an unknown name fails the channel, or with ``fallback``
+        speaks with the default voice (see the module docstring)."""
+        pending, name = self.max_pending_messages, voice or None
         return self.claim(
-            lambda slot: TtsChannel(slot, loop, chosen, max_pending=self.max_pending_messages)
+            lambda slot: TtsChannel(slot, loop, name, max_pending=pending, fallback=fallback)
         )
+
+    def custom_voice(self, values: np.ndarray) -> torch.Tensor:
+        """A client's speaker embedding as a voice: ``[1, dim, T]`` or ``[dim, T]`` float values
+        whose shape must be the checkpoint's speaker condition, :attr:`voice_shape` (raises
+        :class:`~dsm.tts.voices.VoiceError` saying which shape is expected)."""
+        expected = self.voice_shape
+        if expected is None:
+            raise VoiceError(
+                "this server's TTS checkpoint takes no speaker embeddings (its voices are audio "
+                "prefixes): use the voice= parameter"
+                if self.tts.uses_prefix
+                else "the TTS model is not ready yet: try again in a moment"
+            )
+        array = np.asarray(values, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        if tuple(array.shape) != expected:
+            raise VoiceError(
+                f"a Voice embedding for this checkpoint must have shape {list(expected)} "
+                f"([1, dim, frames], or [dim, frames]), got {list(values.shape)}"
+            )
+        if not np.isfinite(array).all():
+            raise VoiceError("a Voice embedding must hold finite numbers only")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
     def _released(self, channel: TtsChannel) -> None:
         self.metrics.py_connection_steps.observe(channel.steps)
 
     def warmup(self) -> None:
+        self.catalog = VoiceCatalog.for_tts(self.tts)
+        self.voice_shape = self.tts.speaker_shape(self.default_voice)
         rows = self.tts.slot_conditions(self.default_voice, self.cfg)
         template = None
         if rows is not None:
@@ -129,16 +200,39 @@ class TtsModule(ModelModule[TtsChannel]):
         if self.engine is not None:
             self.engine.close()
 
+    def _voice(self, channel: TtsChannel) -> Voice | None:
+        """What the channel conditions on (raises UnknownVoice-like VoiceError)."""
+        custom = channel.take_custom_voice()
+        if custom is not None:
+            return custom
+        if channel.voice is None:
+            return self.default_voice
+        assert self.catalog is not None
+        path = self.catalog.find(channel.voice)
+        if path is not None:
+            return path
+        if not channel.fallback:
+            raise VoiceError(UNKNOWN_VOICE)
+        log.warning("tts: unknown voice %r: speaking with the default voice", channel.voice[:200])
+        self.metrics.inc("dsm_unknown_voices")
+        channel.voice = None
+        return self.default_voice
+
     def _bind(self, channel: TtsChannel) -> None:
-        """Start the channel's slot with its voice (an unknown voice fails the channel)."""
+        """(Re)start the channel's slot with its voice (an unknown voice fails the channel)."""
         self._bound[channel.slot] = channel
         try:
-            stream = TtsStream(self.tts, voice=channel.voice, cfg=self.cfg)
-        except (DsmError, ValueError, OSError) as exc:
+            stream = TtsStream(self.tts, voice=self._voice(channel), cfg=self.cfg)
+            stream.start(self._engine(), channel.slot)
+        except VoiceError as exc:
             channel.done = True
-            channel.fail(str(exc))
+            channel.fail(str(exc), cause="client")
             return
-        stream.start(self._engine(), channel.slot)
+        except (DsmError, ValueError, OSError) as exc:
+            log.error("tts: the voice of slot %d could not be loaded: %s", channel.slot, exc)
+            channel.done = True
+            channel.fail("the voice could not be loaded (see the server log)")
+            return
         channel.stream = stream
         channel.started = True
 
@@ -169,7 +263,7 @@ class TtsModule(ModelModule[TtsChannel]):
         for channel in channels:
             if channel is None or channel.closed or channel.done:
                 continue
-            if not channel.started:
+            if not channel.started or channel.voice_changed:
                 self._bind(channel)
                 if not channel.started:
                     continue
@@ -202,5 +296,9 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def info(self) -> dict[str, str]:
         entry = super().info()
-        entry.update({"path": self.path, "model": str(getattr(self.tts, "name", ""))})
+        entry.update({"path": self.path, "model": self.model_id})
         return entry
+
+    @property
+    def model_id(self) -> str:
+        return public_model_id(str(getattr(self.tts, "name", "")) or self.name)

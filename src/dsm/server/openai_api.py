@@ -253,7 +253,7 @@ async def _models(request: web.Request) -> web.Response:
     created = int(server.started_at)
     models = []
     for module in server.modules:
-        name = getattr(getattr(module, "stt", None), "name", "") or module.name
+        name = module.model_id
         models.append({"id": name, "object": "model", "created": created, "owned_by": "dsm"})
     return web.json_response({"object": "list", "data": models})
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dsm.server.access_log import RedactingAccessLogger
 from dsm.server.app import DsmServer, build_app
 from dsm.server.config import ServerConfig
 
@@ -60,7 +61,9 @@ async def start_server(
     """
     server = DsmServer(config, stt=stt, tts=tts)
     app = build_app(server)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=2.0, access_log_class=RedactingAccessLogger
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
