@@ -46,4 +46,3 @@ class RedactingAccessLogger(AccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str = AccessLogger.LOG_FORMAT) -> None:
         super().__init__(_Redacting(logger, {}), log_format)  # type: ignore[arg-type]
-
