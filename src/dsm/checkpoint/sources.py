@@ -28,6 +28,7 @@ from dsm.errors import CheckpointError
 __all__ = [
     "Checkpoint",
     "HubLocation",
+    "hub_offline",
     "hub_reachable",
     "open_checkpoint",
     "parse_source",
@@ -117,7 +118,8 @@ def _split_revision(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: the hub cache only, no network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -175,7 +177,7 @@ def hub_download(location: HubLocation, *, local_files_only: bool | None = None)
         from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CheckpointError("huggingface_hub is required to fetch hub checkpoints") from exc
-    offline = _offline() if local_files_only is None else local_files_only
+    offline = hub_offline() if local_files_only is None else local_files_only
     if not offline and not hub_reachable():
         try:
             path = hf_hub_download(

@@ -128,7 +128,8 @@ class TtsModule(ModelModule[TtsChannel]):
         super().__init__(batch_size)
         self.tts = tts
         self.metrics = metrics
-        self.default_voice = voice
+        self.default_voice = voice  # as configured: a name, a path, hf://... (trusted)
+        self._default: Voice | None = None  # the default voice loaded at warm-up
         self.cfg = cfg
         self.temperature = temperature
         self.seed = seed
@@ -181,8 +182,13 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def warmup(self) -> None:
         self.catalog = VoiceCatalog.for_tts(self.tts)
-        self.voice_shape = self.tts.speaker_shape(self.default_voice)
-        rows = self.tts.slot_conditions(self.default_voice, self.cfg)
+        if self.default_voice is not None:  # loaded once: sessions never read or fetch it
+            tts, voice = self.tts, self.default_voice
+            self._default = (
+                tts.voice_prefix(voice) if tts.uses_prefix else tts.voice_embedding(voice)
+            )
+        self.voice_shape = self.tts.speaker_shape(self._default)
+        rows = self.tts.slot_conditions(self._default, self.cfg)
         template = None
         if rows is not None:
             template = self.tts.batch_conditions([rows] * self.batch_size)
@@ -206,7 +212,7 @@ class TtsModule(ModelModule[TtsChannel]):
         if custom is not None:
             return custom
         if channel.voice is None:
-            return self.default_voice
+            return self._default
         assert self.catalog is not None
         path = self.catalog.find(channel.voice)
         if path is not None:
@@ -216,7 +222,7 @@ class TtsModule(ModelModule[TtsChannel]):
         log.warning("tts: unknown voice %r: speaking with the default voice", channel.voice[:200])
         self.metrics.inc("dsm_unknown_voices")
         channel.voice = None
-        return self.default_voice
+        return self._default
 
     def _bind(self, channel: TtsChannel) -> None:
         """(Re)start the channel's slot with its voice (an unknown voice fails the channel)."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsm.checkpoint.sources import HubLocation, parse_source
+from dsm.checkpoint.sources import HubLocation, hub_offline, hub_reachable, parse_source
 from dsm.tts.voices import EMBEDDING_EXT, VoiceError, snapshot_dirs
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _inside(path: Path, folders: list[Path]) -> bool:
 
 def _hub_folders(location: HubLocation, ext: str, fetch: bool) -> list[Path]:
     folders: list[Path] = []
-    if fetch:
+    if fetch and (hub_offline() or hub_reachable()):  # offline: the cached snapshot
         try:
             from huggingface_hub import snapshot_download
 
