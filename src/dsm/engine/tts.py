@@ -34,7 +34,7 @@ from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import END, Channel, ModelModule
 from dsm.errors import DsmError
 from dsm.tts.stream import TtsStream
-from dsm.tts.voice_catalog import UNKNOWN_VOICE, VoiceCatalog
+from dsm.tts.voice_catalog import UnknownVoice, VoiceCatalog
 from dsm.tts.voices import VoiceError
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class TtsModule(ModelModule[TtsChannel]):
             self.engine.close()
 
     def _voice(self, channel: TtsChannel) -> Voice | None:
-        """What the channel conditions on (raises UnknownVoice-like VoiceError)."""
+        """What the channel conditions on (raises :class:`UnknownVoice`)."""
         custom = channel.take_custom_voice()
         if custom is not None:
             return custom
@@ -218,7 +218,7 @@ class TtsModule(ModelModule[TtsChannel]):
         if path is not None:
             return path
         if not channel.fallback:
-            raise VoiceError(UNKNOWN_VOICE)
+            raise UnknownVoice()
         log.warning("tts: unknown voice %r: speaking with the default voice", channel.voice[:200])
         self.metrics.inc("dsm_unknown_voices")
         channel.voice = None
@@ -230,11 +230,11 @@ class TtsModule(ModelModule[TtsChannel]):
         try:
             stream = TtsStream(self.tts, voice=self._voice(channel), cfg=self.cfg)
             stream.start(self._engine(), channel.slot)
-        except VoiceError as exc:
+        except UnknownVoice as exc:
             channel.done = True
             channel.fail(str(exc), cause="client")
             return
-        except (DsmError, ValueError, OSError) as exc:
+        except (DsmError, ValueError, OSError) as exc:  # the operator's file: no path to clients
             log.error("tts: the voice of slot %d could not be loaded: %s", channel.slot, exc)
             channel.done = True
             channel.fail("the voice could not be loaded (see the server log)")
