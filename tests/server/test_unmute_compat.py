@@ -137,3 +137,24 @@ def test_idle_timeout_closes_with_the_reason_and_no_error(shared: SharedTts) -> 
     assert closed[0] == 1008 and "no message received for 0.3 s" in closed[1]
     assert told[0]["type"] == "Error" and told[0]["message"] == closed[1]
     assert told[1] == closed
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"type": "Voice", "embeddings": [0.0] * 6, "shape": [1, 2, 4]}, "holds 8 values"),
+        ({"type": "Voice", "embeddings": [0.0] * 6, "shape": [1, 1, 2, 3]}, "1 to 3 positive"),
+        ({"type": "Voice", "embeddings": [0.0] * 6, "shape": [2, -3]}, "1 to 3 positive"),
+        ({"type": "Voice", "embeddings": [0.0] * 6}, "1 to 3 positive"),
+        ({"type": "Voice", "embeddings": "abc", "shape": [3]}, '"embeddings" must be an array'),
+        ({"type": "Voice", "embeddings": [float("nan")], "shape": [1]}, "NaN"),
+    ],
+)
+def test_malformed_voice_messages_are_refused(message: dict[str, Any], fragment: str) -> None:
+    from dsm.server.protocol import ProtocolError
+    from dsm.server.ws_tts import _parse
+
+    with pytest.raises(ProtocolError, match=fragment):
+        _parse(msgpack.packb(message))
+    kind, array = _parse(_voice_message(torch.arange(6.0).view(1, 2, 3)))
+    assert kind == "voice" and array.shape == (1, 2, 3) and array[0, 1, 2] == 5.0
