@@ -74,6 +74,15 @@ async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) ->
     return out
 
 
+async def receive_close(
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0
+) -> tuple[int, str]:
+    """The close frame that ends a session (fails on any other message): code and reason."""
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.CLOSE, f"expected a close frame, got {msg}"
+    return int(msg.data), str(msg.extra or "")
+
+
 async def receive_until(
     ws: aiohttp.ClientWebSocketResponse,
     stop: Callable[[dict[str, Any]], bool],

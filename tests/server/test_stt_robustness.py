@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import msgpack
 import numpy as np
 import pytest
 
 import dsm
-from tests.server.conftest import KEY, audio, pack, receive, run, serving, unmute_accepts
+from tests.server.conftest import (
+    KEY,
+    audio,
+    pack,
+    receive,
+    receive_close,
+    run,
+    serving,
+    unmute_accepts,
+)
 
 HEADERS = {"kyutai-api-key": KEY}
 ASR = "/api/asr-streaming"
@@ -120,7 +130,7 @@ def test_auth(stt: dsm.SpeechToText) -> None:
         (pack({"type": "Marker", "id": "x"}), "id"),
     ],
 )
-def test_invalid_messages_get_an_error(
+def test_invalid_messages_close_with_the_reason(
     stt: dsm.SpeechToText, payload: bytes, fragment: str
 ) -> None:
     async def body() -> None:
@@ -129,10 +139,8 @@ def test_invalid_messages_get_an_error(
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_str("text frames are ignored, as upstream")
                 await ws.send_bytes(payload)
-                reply = await receive(ws)
-                assert reply["type"] == "Error" and fragment in reply["message"]
-                assert set(reply) == {"type", "message"}
-                await _closed(ws)
+                code, reason = await receive_close(ws)  # no Error message after Ready
+                assert code == 1008 and fragment in reason
             await _wait_slots(http, srv.http_url, 0)
 
     run(body, timeout=20)
@@ -172,14 +180,15 @@ def test_idle_connection_loses_its_slot(stt: dsm.SpeechToText) -> None:
 
                 pinger = asyncio.create_task(keep_pinging())
                 try:
-                    while (reply := await receive(ws, timeout=5))["type"] != "Error":
-                        assert reply["type"] == "Step"  # the one frame of audio
+                    while (msg := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY:
+                        assert msgpack.unpackb(msg.data)["type"] == "Step"  # the one frame
                 finally:
                     pinger.cancel()
                     await asyncio.gather(pinger, return_exceptions=True)
-                assert reply["message"] == "no audio received for 0.4 s: closing the connection"
+                # Unmute's way: no Error message after Ready, the reason in the close frame.
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
+                assert msg.extra == "no audio received for 0.4 s: closing the connection"
                 assert loop.time() - opened >= 0.4
-                await _closed(ws)
             await _wait_slots(http, srv.http_url, 0)
 
     run(body, timeout=20)
@@ -222,10 +231,9 @@ def test_failed_model_loop_fails_health_and_answers(stt: dsm.SpeechToText) -> No
             async with http.ws_connect(f"{srv.ws_url}{ASR}", headers=HEADERS) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Audio", "pcm": [0.0] * 1920}))
-                reply = await receive(ws)
-                assert reply["type"] == "Error" and "RuntimeError" in reply["message"]
-                assert "CUDA" not in reply["message"]  # exception texts may quote input
-                await _closed(ws)
+                code, reason = await receive_close(ws)
+                assert code == 1011 and "RuntimeError" in reason
+                assert "CUDA" not in reason  # exception texts may quote input
             for _ in range(200):  # the rebuilds (warm-up steps) fail too, then it gives up
                 if module.error is not None:
                     break
@@ -276,9 +284,7 @@ def test_graceful_shutdown_tells_active_sessions(stt: dsm.SpeechToText) -> None:
             assert reply["type"] == "Error" and "shutting down" in reply["message"]
             await late.close()
             # The active session may finish within the grace period; after it, it is told.
-            reply = await receive(ws, timeout=5)
-            assert reply == {"type": "Error", "message": "the server is shutting down"}
-            await _closed(ws)
+            assert await receive_close(ws, timeout=5) == (1001, "the server is shutting down")
             await ws.close()
             await stopping
 

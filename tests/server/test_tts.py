@@ -12,7 +12,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from tests.server.conftest import KEY, pack, receive, run
+from dsm.tts.voice_catalog import UNKNOWN_VOICE
+from tests.server.conftest import KEY, pack, receive, receive_close, run
 from tests.server.tts_helpers import TEXT, SharedTts, serving_tts, shared_tts
 
 
@@ -81,9 +82,12 @@ def test_ws_equals_synthesize_and_concurrent_sessions(tts: Any, voice: str, whol
     assert {"type": "Error", "message": "no free channels"} in replies
 
 
-def test_unknown_voice_errors_and_eos_first(tts: Any, voice: str) -> None:
+def test_unknown_voice_error_setting_and_eos_first(tts: Any, voice: str) -> None:
     async def body() -> None:
-        async with serving_tts(tts, voice) as srv, aiohttp.ClientSession() as http:
+        async with (
+            serving_tts(tts, voice, unknown_voice="error") as srv,
+            aiohttp.ClientSession() as http,
+        ):
             base = f"{srv.ws_url}/api/tts_streaming"
             msgpack_url = f"{base}?format=PcmMessagePack"
             async with http.ws_connect(
@@ -91,8 +95,7 @@ def test_unknown_voice_errors_and_eos_first(tts: Any, voice: str) -> None:
             ) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Text", "text": "Hi"}))
-                reply = await receive(ws)
-                assert reply["type"] == "Error" and "nobody" in reply["message"]
+                assert await receive_close(ws) == (1008, UNKNOWN_VOICE)
             async with http.ws_connect(msgpack_url, headers={"kyutai-api-key": KEY}) as ws:
                 assert await receive(ws) == {"type": "Ready"}
                 await ws.send_bytes(pack({"type": "Eos"}))

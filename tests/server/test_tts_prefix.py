@@ -62,7 +62,8 @@ def test_server_speaks_with_the_prefix_voice(prefix_model: tuple[Any, Path, Path
         async with serving_tts(tts, str(voice)) as srv, aiohttp.ClientSession() as http:
             url = f"{srv.ws_url}/api/tts_streaming?format=PcmMessagePack"
             first = await _speak(http, url)
-            second = await _speak(http, f"{url}&voice={other}")
+            # Clients name voices of the server's folder (a path would be an unknown voice).
+            second = await _speak(http, f"{url}&voice={OTHER_VOICE_NAME}")
             return first, second
 
     first, second = run(body, timeout=120)

@@ -47,14 +47,17 @@ def shared_tts(tmp_path_factory: pytest.TempPathFactory) -> SharedTts:
 
 
 @asynccontextmanager
-async def serving_tts(tts: Any, voice: str, **options: Any) -> AsyncIterator[RunningServer]:
+async def serving_tts(
+    tts: Any, voice: str, *, error_messages: bool = False, **options: Any
+) -> AsyncIterator[RunningServer]:
     """The real server on 127.0.0.1, a free port, with the tiny TTS (greedy decoding)."""
     tts_cfg = dataclasses.replace(
         TtsModuleConfig(batch_size=2, temperature=0.0, voice=voice), **options
     )
     config = ServerConfig(
-        host="127.0.0.1", port=0, authorized_ids=[KEY], stt=SttModuleConfig(), tts=tts_cfg
-    )
+        host="127.0.0.1", port=0, authorized_ids=[KEY], stt=SttModuleConfig(), tts=tts_cfg,
+        error_messages=error_messages,
+    )  # fmt: skip
     running = await start_server(config, tts=tts)
     try:
         yield running

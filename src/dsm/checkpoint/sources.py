@@ -28,9 +28,11 @@ from dsm.errors import CheckpointError
 __all__ = [
     "Checkpoint",
     "HubLocation",
+    "hub_offline",
     "hub_reachable",
     "open_checkpoint",
     "parse_source",
+    "public_model_id",
     "resolve_file",
     "resolve_mimi_file",
 ]
@@ -99,6 +101,16 @@ def parse_source(source: str | Path) -> Path | HubLocation:
     )
 
 
+def public_model_id(source: str | Path) -> str:
+    """What a server shows of a model source: a hub repo id (``owner/name[@revision]``) as it
+    is, a local checkpoint by its directory's name only, never its path."""
+    text = str(source).strip().removeprefix("file://")
+    path = Path(text).expanduser()
+    if _looks_like_repo_id(_split_revision(text)[0]) and not path.exists():
+        return text
+    return path.name or "model"
+
+
 def _split_revision(text: str) -> tuple[str, str | None]:
     if "@" in text:
         repo, revision = text.split("@", 1)
@@ -106,7 +118,8 @@ def _split_revision(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: the hub cache only, no network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -164,7 +177,7 @@ def hub_download(location: HubLocation, *, local_files_only: bool | None = None)
         from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CheckpointError("huggingface_hub is required to fetch hub checkpoints") from exc
-    offline = _offline() if local_files_only is None else local_files_only
+    offline = hub_offline() if local_files_only is None else local_files_only
     if not offline and not hub_reachable():
         try:
             path = hf_hub_download(

@@ -11,12 +11,13 @@ wire messages; Python callers use them as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dsm.stt.word_stream import WordEnd, WordStart
 from dsm.stt.words import Word
 from dsm.tts.stream import AudioChunk
 
-__all__ = ["ChannelError", "ChannelEvent", "FrameDone", "MarkerDone", "StreamDone"]
+__all__ = ["ChannelError", "ChannelEvent", "FailureCause", "FrameDone", "MarkerDone", "StreamDone"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,17 @@ class StreamDone:
     duration: float
 
 
+# Whose failure ended a channel: the client's (bad input, idle), the server's (a model or
+# encoder failure) or a shutdown. The server picks the WebSocket close code from it.
+FailureCause = Literal["client", "server", "shutdown"]
+
+
 @dataclass(frozen=True)
 class ChannelError:
     """The channel failed (bad input, a model failure, shutdown); its stream ends."""
 
     message: str
+    cause: FailureCause = "server"
 
 
 ChannelEvent = (

@@ -39,7 +39,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from dsm.engine.events import ChannelError, ChannelEvent
+from dsm.engine.events import ChannelError, ChannelEvent, FailureCause
 
 __all__ = ["Channel", "ModelModule", "ModuleUnavailable"]
 
@@ -97,11 +97,11 @@ class Channel:
             self.pending -= len(batch)
         return batch
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, cause: FailureCause = "server") -> None:
         """Send a :class:`ChannelError` then end the stream (from any thread; once)."""
         if self.failed:
             return
-        self.deliver([ChannelError(message)])
+        self.deliver([ChannelError(message, cause)])
         self.failed = True
         self.deliver(END)
 
@@ -148,7 +148,7 @@ class ModelModule(Generic[C]):
         if self._thread is not None:
             self._thread.join(timeout)
         for channel in self.channels():
-            channel.fail("the server is shutting down")
+            channel.fail("the server is shutting down", "shutdown")
 
     @property
     def alive(self) -> bool:
@@ -282,6 +282,11 @@ class ModelModule(Generic[C]):
 
     def shutdown_model(self) -> None:
         """Release model state when the thread ends."""
+
+    @property
+    def model_id(self) -> str:
+        """The served model as clients see it (a hub id or a name, never a path)."""
+        return self.name
 
     def info(self) -> dict[str, str]:
         """The module's ``/api/modules_info`` entry (all values strings, as upstream)."""

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsm.checkpoint.sources import public_model_id
 from dsm.engine.events import ChannelEvent, FrameDone, MarkerDone, StreamDone
 from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import Channel, ModelModule
@@ -321,5 +322,9 @@ class SttModule(ModelModule[SttChannel]):
 
     def info(self) -> dict[str, str]:
         entry = super().info()
-        entry.update({"path": self.path, "model": self.stt.name})
+        entry.update({"path": self.path, "model": self.model_id})
         return entry
+
+    @property
+    def model_id(self) -> str:
+        return public_model_id(self.stt.name)

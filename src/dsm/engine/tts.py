@@ -15,9 +15,16 @@ message saying what to change, and the model thread never tokenizes. Characters 
 cannot spell (emoji...) are dropped with a warning in the server log, as users of a speech
 server expect, instead of failing the session.
 
-Differences from upstream, on purpose: an unknown voice is answered with an ``Error`` (upstream
-silently uses the default voice, DSM issue #99); ``Text`` times are on the audio's timeline
-(upstream's run ahead of the audio by the model delay).
+Voices: a channel names a voice of the module's :class:`~dsm.tts.voice_catalog.VoiceCatalog`
+(enumerated at warm-up; never a path, never a download while serving) or None for the default
+voice, or is given a custom speaker embedding (:meth:`TtsModule.custom_voice`, the ``Voice``
+message) before its first text. An unknown name fails the channel with the one
+:data:`~dsm.tts.voice_catalog.UNKNOWN_VOICE` text, or, for a channel opened with
+``fallback=True`` (upstream's behaviour), speaks with the default voice, logged and counted in
+``dsm_unknown_voices``.
+
+Difference from upstream, on purpose: ``Text`` times are on the audio's timeline (upstream's run
+ahead of the audio by the model delay).
 """
 
 from __future__ import annotations
@@ -26,15 +33,21 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
+from dsm.checkpoint.sources import public_model_id
 from dsm.engine.metrics import ServerMetrics
 from dsm.engine.slots import END, Channel, ModelModule
 from dsm.errors import DsmError
 from dsm.tts.entries import Entry, TextEntries, TextError
 from dsm.tts.stream import TtsStream
+from dsm.tts.voice_catalog import UnknownVoice, VoiceCatalog
+from dsm.tts.voices import VoiceError
 
 if TYPE_CHECKING:
     from dsm.tts.engine import SlotOutput, TtsEngine
-    from dsm.tts.model import TextToSpeech
+    from dsm.tts.model import TextToSpeech, Voice
 
 __all__ = ["TtsChannel", "TtsModule"]
 
@@ -54,9 +67,13 @@ class TtsChannel(Channel):
         max_pending: int,
         max_text_chars: int,
         max_session_chars: int,
+        fallback: bool = False,
     ) -> None:
         super().__init__(slot, loop, max_pending)
-        self.voice = voice
+        self.voice = voice  # a name of the module's catalog, None: the default voice
+        self.fallback = fallback  # an unknown name speaks with the default voice
+        self.custom: torch.Tensor | None = None  # a Voice message's embedding
+        self.voice_changed = False
         self.text = text
         self.max_text_chars = max_text_chars
         self.max_session_chars = max_session_chars
@@ -82,18 +99,35 @@ class TtsChannel(Channel):
         if len(text) > self.max_text_chars:
             self.fail(
                 f"a Text message holds {len(text)} characters, over the limit of "
-                f"{self.max_text_chars}: send the text in smaller messages"
+                f"{self.max_text_chars}: send the text in smaller messages",
+                "client",
             )
             return
         self.text_chars += len(text)
         if self.text_chars > self.max_session_chars:
             self.fail(
                 f"this session's text is over the limit of {self.max_session_chars} "
-                "characters: split it over several sessions"
+                "characters: split it over several sessions",
+                "client",
             )
             return
         self._add(text + " ", eos=False)
         self.words_received += len(text.split())
+
+    def set_custom_voice(self, embedding: torch.Tensor) -> None:
+        """Condition on ``embedding`` (from :meth:`TtsModule.custom_voice`) instead of the named
+        voice; only before the first text (raises ValueError after it)."""
+        with self.lock:
+            if self.first_text_at is not None or self.eos:
+                raise ValueError("a Voice message must come before the first Text")
+            self.custom = embedding
+            self.voice_changed = True
+
+    def take_custom_voice(self) -> torch.Tensor | None:
+        """The custom embedding, marking the voice as applied (model thread, when binding)."""
+        with self.lock:
+            self.voice_changed = False
+            return self.custom
 
     def end_text(self) -> None:
         """``Eos``: no more text."""
@@ -105,7 +139,7 @@ class TtsChannel(Channel):
         try:
             entries = self.text.finish() if eos else self.text.push(text)
         except TextError as exc:
-            self.fail(str(exc))
+            self.fail(str(exc), "client")
             return
         if len(self.text.dropped) > dropped:
             shown = " ".join(f"U+{ord(c):04X}" for c in sorted(self.text.dropped))
@@ -118,8 +152,11 @@ class TtsChannel(Channel):
             self.eos = self.eos or eos
 
     def take(self) -> tuple[list[Entry], bool]:
-        """Entries queued since the last call and whether the text is complete (model thread)."""
+        """Entries queued since the last call and whether the text is complete (model thread);
+        nothing while a new voice waits to be applied (the slot restarts with it first)."""
         with self.lock:
+            if self.voice_changed:
+                return [], False
             entries, self._entries = self._entries, []
             return entries, self.eos
 
@@ -148,7 +185,8 @@ class TtsModule(ModelModule[TtsChannel]):
         super().__init__(batch_size)
         self.tts = tts
         self.metrics = metrics
-        self.default_voice = voice
+        self.default_voice = voice  # as configured: a name, a path, hf://... (trusted)
+        self._default: Voice | None = None  # the default voice loaded at warm-up
         self.cfg = cfg
         self.temperature = temperature
         self.seed = seed
@@ -157,27 +195,64 @@ class TtsModule(ModelModule[TtsChannel]):
         self.max_text_chars = max_text_chars
         self.max_session_chars = max_session_chars
         self.engine: TtsEngine | None = None
+        self.catalog: VoiceCatalog | None = None  # built at warm-up
+        self.voice_shape: tuple[int, int, int] | None = None  # every slot's embedding shape
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
         self.on_release = self._released
 
-    def new_channel(self, loop: Any, voice: str | None) -> TtsChannel | None:
-        """Claim a slot (None: no free slot). ``voice`` None: the module's default voice."""
-        chosen = voice or self.default_voice
+    def new_channel(
+        self, loop: Any, voice: str | None, *, fallback: bool = False
+    ) -> TtsChannel | None:
+        """Claim a slot (None: no free slot). ``voice``: a voice name of the module's catalog,
+        None for the default voice; an unknown name fails the channel, or with ``fallback``
+        speaks with the default voice (see the module docstring)."""
         return self.claim(
             lambda slot: TtsChannel(
-                slot, loop, chosen, TextEntries(self.tts.entry_maker(), drop_unspellable=True),
+                slot, loop, voice or None,
+                TextEntries(self.tts.entry_maker(), drop_unspellable=True),
                 max_pending=self.max_pending_messages, max_text_chars=self.max_text_chars,
-                max_session_chars=self.max_session_chars,
+                max_session_chars=self.max_session_chars, fallback=fallback,
             )
         )  # fmt: skip
+
+    def custom_voice(self, values: np.ndarray) -> torch.Tensor:
+        """A client's speaker embedding as a voice: ``[1, dim, T]`` or ``[dim, T]`` float values
+        whose shape must be the checkpoint's speaker condition, :attr:`voice_shape` (raises
+        :class:`~dsm.tts.voices.VoiceError` saying which shape is expected)."""
+        expected = self.voice_shape
+        if expected is None:
+            raise VoiceError(
+                "this server's TTS checkpoint takes no speaker embeddings (its voices are audio "
+                "prefixes): use the voice= parameter"
+                if self.tts.uses_prefix
+                else "the TTS model is not ready yet: try again in a moment"
+            )
+        array = np.asarray(values, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        if tuple(array.shape) != expected:
+            raise VoiceError(
+                f"a Voice embedding for this checkpoint must have shape {list(expected)} "
+                f"([1, dim, frames], or [dim, frames]), got {list(values.shape)}"
+            )
+        if not np.isfinite(array).all():
+            raise VoiceError("a Voice embedding must hold finite numbers only")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
     def _released(self, channel: TtsChannel) -> None:
         self.metrics.py_connection_steps.observe(channel.steps)
 
     def warmup(self) -> None:
         self._bound = [None] * self.batch_size
-        rows = self.tts.slot_conditions(self.default_voice, self.cfg)
+        self.catalog = VoiceCatalog.for_tts(self.tts)
+        if self.default_voice is not None:  # loaded once: sessions never read or fetch it
+            tts, voice = self.tts, self.default_voice
+            self._default = (
+                tts.voice_prefix(voice) if tts.uses_prefix else tts.voice_embedding(voice)
+            )
+        self.voice_shape = self.tts.speaker_shape(self._default)
+        rows = self.tts.slot_conditions(self._default, self.cfg)
         template = None
         if rows is not None:
             template = self.tts.batch_conditions([rows] * self.batch_size)
@@ -195,16 +270,39 @@ class TtsModule(ModelModule[TtsChannel]):
         if self.engine is not None:
             self.engine.close()
 
+    def _voice(self, channel: TtsChannel) -> Voice | None:
+        """What the channel conditions on (raises :class:`UnknownVoice`)."""
+        custom = channel.take_custom_voice()
+        if custom is not None:
+            return custom
+        if channel.voice is None:
+            return self._default
+        assert self.catalog is not None
+        path = self.catalog.find(channel.voice)
+        if path is not None:
+            return path
+        if not channel.fallback:
+            raise UnknownVoice()
+        log.warning("tts: unknown voice %r: speaking with the default voice", channel.voice[:200])
+        self.metrics.inc("dsm_unknown_voices")
+        channel.voice = None
+        return self._default
+
     def _bind(self, channel: TtsChannel) -> None:
-        """Start the channel's slot with its voice (an unknown voice fails the channel)."""
+        """(Re)start the channel's slot with its voice (an unknown voice fails the channel)."""
         self._bound[channel.slot] = channel
         try:
-            stream = TtsStream(self.tts, voice=channel.voice, cfg=self.cfg)
-        except (DsmError, ValueError, OSError) as exc:
+            stream = TtsStream(self.tts, voice=self._voice(channel), cfg=self.cfg)
+            stream.start(self._engine(), channel.slot)
+        except UnknownVoice as exc:
             channel.done = True
-            channel.fail(str(exc))
+            channel.fail(str(exc), cause="client")
             return
-        stream.start(self._engine(), channel.slot)
+        except (DsmError, ValueError, OSError) as exc:  # the operator's file: no path to clients
+            log.error("tts: the voice of slot %d could not be loaded: %s", channel.slot, exc)
+            channel.done = True
+            channel.fail("the voice could not be loaded (see the server log)")
+            return
         channel.stream = stream
         channel.started = True
 
@@ -257,7 +355,7 @@ class TtsModule(ModelModule[TtsChannel]):
             if channel is None or channel.closed or channel.done or channel.failed:
                 continue
             try:
-                if not channel.started:
+                if not channel.started or channel.voice_changed:
                     self._bind(channel)
                     if not channel.started:
                         continue
@@ -286,5 +384,9 @@ class TtsModule(ModelModule[TtsChannel]):
 
     def info(self) -> dict[str, str]:
         entry = super().info()
-        entry.update({"path": self.path, "model": str(getattr(self.tts, "name", ""))})
+        entry.update({"path": self.path, "model": self.model_id})
         return entry
+
+    @property
+    def model_id(self) -> str:
+        return public_model_id(str(getattr(self.tts, "name", "")) or self.name)

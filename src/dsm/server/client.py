@@ -50,6 +50,14 @@ def unpack_message(data: bytes) -> dict[str, Any]:
     return message
 
 
+def close_failure(msg: Any) -> str | None:
+    """The reason of ``msg`` (an aiohttp WebSocket message) when it is a close frame that reports
+    a failure, the server's way after ``Ready``; None for anything else."""
+    if msg.type != aiohttp.WSMsgType.CLOSE or msg.data in (aiohttp.WSCloseCode.OK, 1005):
+        return None
+    return str(msg.extra) if msg.extra else f"the server closed the session (code {msg.data})"
+
+
 def handshake_error(exc: aiohttp.WSServerHandshakeError) -> DsmError:
     """The refused WebSocket upgrade as a DsmError (a 401 names the API key)."""
     hint = " (wrong or missing API key)" if exc.status == 401 else ""
@@ -204,9 +212,15 @@ async def _stt_receive(
     on_word: Callable[[Word], None] | None,
 ) -> None:
     open_word: tuple[str, float] | None = None
-    async for msg in ws:
+    while True:
+        msg = await ws.receive()
         if msg.type != aiohttp.WSMsgType.BINARY:
-            continue
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                continue
+            failure = close_failure(msg)
+            if failure is not None:
+                result.errors.append(failure)
+            break
         message = unpack_message(msg.data)
         now = time.monotonic()
         kind = message["type"]
@@ -312,8 +326,9 @@ async def _tts_receive(
     while True:
         msg = await ws.receive()
         if msg.type == aiohttp.WSMsgType.CLOSE:
-            if msg.data not in (aiohttp.WSCloseCode.OK, 1005) and msg.extra:
-                result.errors.append(str(msg.extra))
+            failure = close_failure(msg)
+            if failure is not None:
+                result.errors.append(failure)
             break
         if msg.type != aiohttp.WSMsgType.BINARY:
             if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):

@@ -40,7 +40,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ServerConfig", "SttModuleConfig", "TtsModuleConfig", "load_server_config"]
+__all__ = [
+    "UNKNOWN_VOICE_POLICIES",
+    "ServerConfig",
+    "SttModuleConfig",
+    "TtsModuleConfig",
+    "load_server_config",
+]
+
+UNKNOWN_VOICE_POLICIES = ("default", "error")
 
 
 @dataclass
@@ -81,7 +89,13 @@ class TtsModuleConfig:
     device: str | None = None
     dtype: str | None = None
     voice: str | None = None  # default voice (a name of the voice repo, or an embedding file)
-    voices: str | None = None  # voice repo (hub id or directory); default: the checkpoint's
+    # The voice folder clients choose from (hub repo id, fetched at start-up, or a directory);
+    # default: the checkpoint's. Clients name voices inside it, never paths.
+    voices: str | None = None
+    # A voice name the server lacks, on the Kyutai route: "default" speaks with the default
+    # voice (as upstream; logged, counted in dsm_unknown_voices), "error" fails the session.
+    # The OpenAI route always answers 400.
+    unknown_voice: str = "default"
     cfg: float = 2.0
     temperature: float = 0.6
     seed: int | None = None
@@ -92,6 +106,13 @@ class TtsModuleConfig:
     # Text limits, in characters: one Text message (or /v1/audio/speech input), one session.
     max_text_chars: int = 20000
     max_session_text_chars: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.unknown_voice not in UNKNOWN_VOICE_POLICIES:
+            raise ConfigError(
+                f"[tts] unknown_voice must be one of {', '.join(UNKNOWN_VOICE_POLICIES)}, "
+                f"got {self.unknown_voice!r}"
+            )
 
 
 @dataclass
@@ -108,6 +129,10 @@ class ServerConfig:
     header_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     instance_name: str = "dsm"
+    # Send an Error message before closing a session that fails after Ready. Off by default:
+    # upstream only closes, and Unmute's STT client dies on an Error; the reason is always in
+    # the close frame.
+    error_messages: bool = False
     stt: SttModuleConfig = field(default_factory=SttModuleConfig)
     tts: TtsModuleConfig = field(default_factory=TtsModuleConfig)
 

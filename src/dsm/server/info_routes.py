@@ -1,4 +1,8 @@
-"""Service routes: build and module information, Prometheus metrics, health checks."""
+"""Service routes: build and module information, voices, Prometheus metrics, health checks.
+
+Nothing here shows a filesystem path: modules are listed by model id
+(:func:`~dsm.checkpoint.sources.public_model_id`) and voices by name.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,13 @@ async def _modules_info(request: web.Request) -> web.Response:
     return web.json_response([m.info() for m in server.modules])
 
 
+async def _voices(request: web.Request) -> web.Response:
+    """``GET /api/voices``: the voice names the TTS route accepts (empty before warm-up)."""
+    server = request.app[SERVER_KEY]
+    catalog = server.tts.catalog if server.tts is not None else None
+    return web.json_response({"voices": catalog.names() if catalog is not None else []})
+
+
 async def _metrics(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     return web.Response(body=server.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -79,6 +90,7 @@ def add_routes(app: web.Application, server: DsmServer) -> None:
     """Register the service routes (open: load balancers probe them without a key)."""
     app.router.add_get("/api/build_info", _build_info_route)
     app.router.add_get("/api/modules_info", _modules_info)
+    app.router.add_get("/api/voices", _voices)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.router.add_get("/health/live", _live)

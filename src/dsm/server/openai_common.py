@@ -12,16 +12,12 @@ persistent warning"), so a client can see what was not applied.
 
 from __future__ import annotations
 
-import os
-from pathlib import PurePath
-
 from aiohttp import web
 
 from dsm.server.state import DsmServer
 
 __all__ = [
     "WARNING_HEADER",
-    "model_id",
     "model_note",
     "stt_model_id",
     "tts_model_id",
@@ -31,26 +27,14 @@ __all__ = [
 WARNING_HEADER = "Warning"
 
 
-def model_id(name: str, fallback: str) -> str:
-    """The public id of a checkpoint loaded from ``name`` (hub id or local path)."""
-    if not name:
-        return fallback
-    looks_local = (
-        name.startswith((".", "~", "/", "\\")) or os.path.isabs(name) or os.path.exists(name)
-    )
-    if looks_local:
-        return PurePath(name.replace("\\", "/")).name or fallback
-    return name
-
-
 def stt_model_id(server: DsmServer) -> str:
-    """The id of the server's STT model (``dsm-stt`` when it has no name)."""
-    return model_id(getattr(server.stt.stt, "name", "") if server.stt else "", "dsm-stt")
+    """The id of the server's STT model (its module's public id; ``dsm-stt`` without one)."""
+    return server.stt.model_id if server.stt else "dsm-stt"
 
 
 def tts_model_id(server: DsmServer) -> str:
-    """The id of the server's TTS model (``dsm-tts`` when it has no name)."""
-    return model_id(getattr(server.tts.tts, "name", "") if server.tts else "", "dsm-tts")
+    """The id of the server's TTS model (its module's public id; ``dsm-tts`` without one)."""
+    return server.tts.model_id if server.tts else "dsm-tts"
 
 
 def warn_ignored(response: web.StreamResponse, notes: list[str]) -> None:

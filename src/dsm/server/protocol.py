@@ -35,6 +35,7 @@ __all__ = [
     "encode",
     "encode_audio",
     "error",
+    "float_array",
     "message_of",
     "parse_stt_message",
 ]
@@ -106,23 +107,25 @@ def _unpack(data: bytes) -> dict[str, Any]:
     return message
 
 
-def _pcm(value: Any) -> np.ndarray:
+def float_array(value: Any, name: str = "pcm") -> np.ndarray:
+    """Field ``name`` as a flat float32 array: an array of numbers, or ``bin`` holding
+    little-endian float32 (raises :class:`ProtocolError`, e.g. for NaN or infinite values)."""
     if isinstance(value, (bytes, bytearray)):
         if len(value) % 4:
-            raise ProtocolError("binary pcm must be little-endian float32 (4 bytes per sample)")
-        pcm = np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
+            raise ProtocolError(f'binary "{name}" must be little-endian float32 (4 bytes each)')
+        array = np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
     elif isinstance(value, Sequence) and not isinstance(value, str):
         try:
-            pcm = np.asarray(value, dtype=np.float32)
+            array = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError):
-            raise ProtocolError('"pcm" must be an array of numbers') from None
-        if pcm.ndim != 1:
-            raise ProtocolError('"pcm" must be a flat array of numbers')
+            raise ProtocolError(f'"{name}" must be an array of numbers') from None
+        if array.ndim != 1:
+            raise ProtocolError(f'"{name}" must be a flat array of numbers')
     else:
-        raise ProtocolError('"pcm" must be an array of numbers')
-    if not np.isfinite(pcm).all():
-        raise ProtocolError('"pcm" contains NaN or infinite samples')
-    return pcm
+        raise ProtocolError(f'"{name}" must be an array of numbers')
+    if not np.isfinite(array).all():
+        raise ProtocolError(f'"{name}" contains NaN or infinite values')
+    return array
 
 
 # The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
@@ -171,7 +174,7 @@ def parse_stt_message(data: bytes) -> AudioIn | MarkerIn | OggOpusIn | None:
     if kind == "Audio":
         if "pcm" not in message:
             raise ProtocolError('an Audio message needs a "pcm" field')
-        return AudioIn(_pcm(message["pcm"]))
+        return AudioIn(float_array(message["pcm"]))
     if kind == "Marker":
         marker = message.get("id")
         if isinstance(marker, bool) or not isinstance(marker, int):

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dsm.server.access_log import RedactingAccessLogger
 from dsm.server.app import DsmServer, build_app
 from dsm.server.config import ServerConfig
 
@@ -61,7 +62,11 @@ async def start_server(
     server = DsmServer(config, stt=stt, tts=tts)
     app = build_app(server)
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=2.0, keepalive_timeout=config.header_timeout_s
+        app,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=config.header_timeout_s,
+        access_log_class=RedactingAccessLogger,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

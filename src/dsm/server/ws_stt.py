@@ -1,9 +1,10 @@
 """``GET /api/asr-streaming``: Kyutai's streaming STT WebSocket (server-protocol.md §2).
 
 One connection = one slot. The handler runs two tasks: the receive loop (this coroutine) parses
-client messages into the channel, and the sender is the only writer to the socket, so an
-``Error`` (capacity, invalid message, timeout, failed model, slow client) is always the last
-message before the close.
+client messages into the channel, and the sender is the only writer to the socket. Before
+``Ready`` a refusal is an ``Error`` message then a close (``no free channels``, as upstream);
+after it every failure (invalid message, timeout, failed model, slow client) ends the session
+through :func:`dsm.server.closing.end_session`: a close frame with a code and the reason.
 
 Flow control: when a connection has more than ``max_buffered_seconds`` of audio queued, the
 handler stops reading from its socket until the model catches up; TCP pushes back on the
@@ -17,13 +18,14 @@ message over ``max_ogg_message_bytes`` is refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import WSMsgType, web
 
+from dsm.engine.events import ChannelError
 from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.stt import SttChannel
+from dsm.server.closing import end_session
 from dsm.server.protocol import (
     AudioIn,
     MarkerIn,
@@ -56,26 +58,28 @@ async def _reject(ws: web.WebSocketResponse, message: str) -> web.WebSocketRespo
 
 
 async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
+    failure: ChannelError | None = None
     try:
-        while True:
+        while failure is None:
             batch = await channel.get()
             if batch is None:
                 break
-            for message in map(message_of, batch):
+            for event in batch:
+                if isinstance(event, ChannelError):
+                    failure = event
+                    break
+                message = message_of(event)
                 if not message["type"].startswith("_"):
                     await ws.send_bytes(encode(message))
-            if channel.overflow:
+            if failure is None and channel.overflow:
                 server.metrics.inc("dsm_slow_clients")
-                await ws.send_bytes(
-                    error("too many unread results: the client is not reading; closing")
+                failure = ChannelError(
+                    "too many unread results: the client is not reading; closing", "client"
                 )
-                break
     except (ConnectionError, RuntimeError, asyncio.CancelledError):
         pass
     finally:
-        if not ws.closed:
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(ws.close(), _SENDER_GRACE_S)
+        await end_session(ws, failure, error_message=server.config.error_messages)
 
 
 async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
@@ -92,14 +96,14 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
             msg = await receive_before(ws, last_audio + idle)
         except asyncio.TimeoutError:
             server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no audio received for {idle:g} s: closing the connection")
+            channel.fail(f"no audio received for {idle:g} s: closing the connection", "client")
             return
         if msg.type == WSMsgType.BINARY:
             try:
                 parsed = await _parse(parser, msg.data, server)
             except ProtocolError as exc:
                 server.metrics.inc("dsm_protocol_errors")
-                channel.fail(str(exc))
+                channel.fail(str(exc), "client")
                 return
             if isinstance(parsed, AudioIn):
                 channel.push_audio(parsed.pcm)
@@ -159,7 +163,7 @@ async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
         sender = asyncio.create_task(_send_loop(ws, channel, server))
         await _receive_loop(ws, channel, server)
         if not ws.closed:
-            # The receive loop queued an Error: let the sender deliver it and close.
+            # The receive loop failed the channel: let the sender close the socket.
             await asyncio.wait({sender}, timeout=_SENDER_GRACE_S)
     except (ConnectionError, RuntimeError):
         pass

@@ -1,9 +1,12 @@
 """``GET /api/tts_streaming``: Kyutai's streaming TTS WebSocket (server-protocol.md §3).
 
-Query: ``format``, ``voice``, ``auth_id``; anything else (``cfg_alpha``...) is ignored, as
-upstream. Client messages: ``Text`` (whole words), ``Eos``, the legacy text frame and ``b"\\0"``;
-``Voice`` (custom embeddings) is answered with an ``Error``. The server sends each 80 ms frame
-as soon as it is generated, then closes the socket. Formats, as upstream's ``StreamingOutput``:
+Query: ``format``, ``voice`` (a name the server lists; an unknown one speaks with the default
+voice, or fails the session with ``unknown_voice = "error"``), ``auth_id``; anything else
+(``cfg_alpha``...) is ignored, as upstream. Client messages: ``Text`` (whole words), ``Eos``,
+the legacy text frame and ``b"\\0"``, and ``Voice`` (``embeddings`` and ``shape``, a speaker
+embedding of the checkpoint's condition shape, before the first ``Text``: what Unmute sends for
+its ``custom:`` voices). The server sends each 80 ms frame as soon as it is generated, then
+closes the socket. Formats, as upstream's ``StreamingOutput``:
 
 ``OggOpus`` (the default, as upstream)
     binary frames of raw Ogg Opus: first the header (``OpusHead`` and ``OpusTags`` pages), then
@@ -19,9 +22,11 @@ as soon as it is generated, then closes the socket. Formats, as upstream's ``Str
     binary frames of 1920 little-endian float32 samples only.
 
 Beyond upstream, compatible: the Ogg formats end with a last message holding the end-of-stream
-page (codec delay flushed, exact length), so the concatenated stream is a complete file; and
-the formats that can't carry an ``Error`` close the socket with a status code and the reason
-(1013 "no free channels", 1011 otherwise) where upstream just drops the connection.
+page (codec delay flushed, exact length), so the concatenated stream is a complete file; a
+failed session ends with a close frame carrying a code and the reason (see
+:mod:`dsm.server.closing`; no ``Error`` after ``Ready`` unless ``error_messages`` is set) where
+upstream just drops the connection; the formats that can't carry an ``Error`` are refused with
+close code 1013 "no free channels".
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ import msgpack
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from dsm.engine.events import ChannelError
 from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.tts import TtsChannel, TtsModule
-from dsm.server.protocol import ProtocolError, encode, error, message_of
+from dsm.server.closing import end_session
+from dsm.server.protocol import ProtocolError, encode, error, float_array, message_of
 from dsm.server.state import SERVER_KEY, DsmServer
 from dsm.server.ws_io import off_loop, receive_before
+from dsm.tts.voices import VoiceError
 
 if TYPE_CHECKING:
     from dsm.audio.opus import OggOpusEncoder
@@ -52,11 +60,12 @@ FORMATS = ("OggOpus", "OggOpusMessagePack", "PcmMessagePack", "Pcm")
 DEFAULT_FORMAT = "OggOpus"  # upstream's default (main.rs default_format)
 NO_FREE_CHANNELS = "no free channels"
 _GRACE_S = 5.0
-_MAX_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
+_MAX_VOICE_DIMS = 3
 
 
-def _parse(data: bytes) -> tuple[str, str]:
-    """One binary client frame: ``("text", words)`` or ``("eos", "")``."""
+def _parse(data: bytes) -> tuple[str, Any]:
+    """One binary client frame: ``("text", words)``, ``("eos", "")`` or ``("voice", array)``
+    (the ``Voice`` embedding reshaped to its ``shape``)."""
     if data == b"\0":
         return "eos", ""
     try:
@@ -73,8 +82,41 @@ def _parse(data: bytes) -> tuple[str, str]:
     if kind == "Eos":
         return "eos", ""
     if kind == "Voice":
-        raise ProtocolError("custom voice embeddings are not supported; use the voice= parameter")
-    raise ProtocolError(f"unknown message type {kind!r}; expected Text or Eos")
+        return "voice", _voice(message)
+    raise ProtocolError(f"unknown message type {kind!r}; expected Text, Voice or Eos")
+
+
+def _voice(message: dict[str, Any]) -> np.ndarray:
+    """The ``embeddings`` of a ``Voice`` message in its ``shape`` (1 to 3 dimensions)."""
+    values = float_array(message.get("embeddings"), "embeddings")
+    shape = message.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= _MAX_VOICE_DIMS
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise ProtocolError('a Voice message needs "shape": 1 to 3 positive integers')
+    if int(np.prod(shape)) != values.size:
+        raise ProtocolError(
+            f"a Voice message's shape {shape} holds {int(np.prod(shape))} values, but "
+            f'"embeddings" has {values.size}'
+        )
+    return values.reshape(shape)
+
+
+async def _apply(kind: str, value: Any, channel: TtsChannel, module: TtsModule) -> None:
+    """Queue one parsed client message on the channel (raises ProtocolError); long texts are
+    tokenized off the event loop."""
+    if kind == "text":
+        await off_loop(len(value), channel.push_text, value)
+    elif kind == "eos":
+        channel.end_text()
+    else:
+        try:
+            channel.set_custom_voice(module.custom_voice(value))
+        except (VoiceError, ValueError) as exc:
+            raise ProtocolError(str(exc)) from None
+    module.wake.set()
 
 
 class TtsWire:
@@ -127,36 +169,24 @@ class TtsWire:
         return self._ogg(self.opus.finish())
 
 
-async def _close(ws: web.WebSocketResponse, wire: TtsWire, failure: str | None) -> None:
-    if ws.closed:
-        return
-    code, reason = WSCloseCode.OK, b""
-    if failure is not None and not wire.msgpack:
-        busy = failure == NO_FREE_CHANNELS
-        code = WSCloseCode.TRY_AGAIN_LATER if busy else WSCloseCode.INTERNAL_ERROR
-        reason = failure.encode()[:_MAX_REASON_BYTES]
-    with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-        await asyncio.wait_for(ws.close(code=code, message=reason), _GRACE_S)
-
-
-async def _send_loop(ws: web.WebSocketResponse, channel: TtsChannel, wire: TtsWire) -> None:
-    failure: str | None = None
+async def _send_loop(
+    ws: web.WebSocketResponse, channel: TtsChannel, wire: TtsWire, error_messages: bool
+) -> None:
+    failure: ChannelError | None = None
     try:
-        while True:
+        while failure is None:
             batch = await channel.get()
             if batch is None:
                 break
-            for message in map(message_of, batch):
-                if message["type"] == "Error":
-                    failure = str(message.get("message"))
-                payload = wire.message(message)
+            for event in batch:
+                if isinstance(event, ChannelError):
+                    failure = event
+                    break
+                payload = wire.message(message_of(event))
                 if payload is not None:
                     await ws.send_bytes(payload)
-            if channel.overflow:
-                failure = "too many unread messages: closing"
-                if wire.msgpack:
-                    await ws.send_bytes(error(failure))
-                break
+            if failure is None and channel.overflow:
+                failure = ChannelError("too many unread messages: closing", "client")
         if failure is None:
             tail = wire.end()
             if tail:
@@ -165,9 +195,9 @@ async def _send_loop(ws: web.WebSocketResponse, channel: TtsChannel, wire: TtsWi
         pass
     except Exception as exc:  # an encoder failure must still close the socket
         log.exception("tts: sending to the client failed")
-        failure = f"encoding the audio failed: {exc}"
+        failure = ChannelError(f"encoding the audio failed: {exc}")
     finally:
-        await _close(ws, wire, failure)
+        await end_session(ws, failure, error_message=error_messages and wire.msgpack)
 
 
 async def _receive_loop(
@@ -182,22 +212,18 @@ async def _receive_loop(
             msg = await receive_before(ws, None if channel.eos else last_text + idle)
         except asyncio.TimeoutError:
             server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no text received for {idle:g} s: closing the connection")
+            channel.fail(f"no text received for {idle:g} s: closing the connection", "client")
             return
         if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
             try:
-                kind, text = ("text", msg.data) if msg.type == WSMsgType.TEXT else _parse(msg.data)
+                kind, value = ("text", msg.data) if msg.type == WSMsgType.TEXT else _parse(msg.data)
+                if kind == "text" and value.strip():
+                    last_text = loop.time()
+                await _apply(kind, value, channel, module)
             except ProtocolError as exc:
                 server.metrics.inc("dsm_protocol_errors")
-                channel.fail(str(exc))
+                channel.fail(str(exc), "client")
                 return
-            if kind == "text":
-                if text.strip():
-                    last_text = loop.time()
-                await off_loop(len(text), channel.push_text, text)
-            else:
-                channel.end_text()
-            module.wake.set()
         else:
             return
 
@@ -220,7 +246,11 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     server.metrics.inc("py_connect")
     try:
-        channel = module.new_channel(asyncio.get_running_loop(), request.query.get("voice"))
+        channel = module.new_channel(
+            asyncio.get_running_loop(),
+            request.query.get("voice"),
+            fallback=server.config.tts.unknown_voice == "default",
+        )
     except ModuleUnavailable as exc:
         return await _reject(ws, wire, str(exc))
     if channel is None:
@@ -230,7 +260,7 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     try:
         for payload in wire.start():
             await ws.send_bytes(payload)
-        sender = asyncio.create_task(_send_loop(ws, channel, wire))
+        sender = asyncio.create_task(_send_loop(ws, channel, wire, server.config.error_messages))
         await _receive_loop(ws, channel, module, server)
         if not ws.closed:
             await asyncio.wait({sender}, timeout=None if channel.eos else _GRACE_S)
@@ -245,10 +275,15 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _reject(ws: web.WebSocketResponse, wire: TtsWire, message: str) -> web.WebSocketResponse:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        if wire.msgpack:
+    """Refuse before ``Ready``: an ``Error`` then a close (msgpack formats, as upstream), or a
+    close frame with the reason (1013 when busy)."""
+    if wire.msgpack:
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_bytes(error(message))
-        await _close(ws, wire, message)
+        await end_session(ws, None)
+    else:
+        busy = WSCloseCode.TRY_AGAIN_LATER if message == NO_FREE_CHANNELS else None
+        await end_session(ws, ChannelError(message), code=busy)
     return ws
 
 

@@ -307,6 +307,15 @@ class TextToSpeech:
             )
         return self._embeddings[key]
 
+    def speaker_shape(self, voice: Voice | None = None) -> tuple[int, int, int] | None:
+        """``(1, dim, T)``, the shape of ``voice``'s embedding (None: the default voice): what
+        every slot of an engine conditioned like it takes. None for a checkpoint conditioned on
+        an audio prefix."""
+        if self.uses_prefix:
+            return None
+        batch, dim, frames = self.voice_embedding(DEFAULT_VOICE if voice is None else voice).shape
+        return int(batch), int(dim), int(frames)
+
     def _not_an_embedding(self, path: Path) -> VoiceError:
         return VoiceError(
             f"{path} is not a voice embedding: {self.name or 'this checkpoint'} takes "

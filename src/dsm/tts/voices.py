@@ -30,6 +30,7 @@ __all__ = [
     "list_voices",
     "load_voice_embedding",
     "resolve_voice",
+    "snapshot_dirs",
     "voice_suffix",
 ]
 
@@ -59,7 +60,8 @@ def _hub_cache() -> Path:
         return Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")).expanduser()
 
 
-def _snapshot_dirs(repo_id: str) -> list[Path]:
+def snapshot_dirs(repo_id: str) -> list[Path]:
+    """The snapshot folders of hub repo ``repo_id`` in the local Hugging Face cache."""
     root = _hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     return sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
 
@@ -87,7 +89,7 @@ def list_voices(
             raise VoiceError(f"voice directory not found: {target}")
         names = _names_in(target, suffix)
     else:
-        for snapshot in _snapshot_dirs(target.repo_id):
+        for snapshot in snapshot_dirs(target.repo_id):
             names |= _names_in(snapshot, suffix)
         if remote:
             names |= _remote_names(target.repo_id, suffix)
@@ -158,7 +160,7 @@ def resolve_voice(
             if path.is_file():
                 return path
         raise _unknown_voice(text, str(target), list_voices(target, suffix))
-    for snapshot in _snapshot_dirs(target.repo_id):
+    for snapshot in snapshot_dirs(target.repo_id):
         for name in candidates:
             path = snapshot / (name + suffix)
             if path.is_file():
