@@ -134,7 +134,7 @@ def test_idle_timeout_closes_with_the_reason_and_no_error(shared: SharedTts) -> 
         return closed, told
 
     closed, told = run(body, timeout=60)
-    assert closed[0] == 1008 and "no message received for 0.3 s" in closed[1]
+    assert closed[0] == 1008 and "no text received for 0.3 s" in closed[1]
     assert told[0]["type"] == "Error" and told[0]["message"] == closed[1]
     assert told[1] == closed
 
