@@ -52,6 +52,7 @@ class SttModuleConfig:
     batch_size: int = 8
     device: str | None = None
     dtype: str | None = None
+    quantize: str | None = None  # int8 or int4: the LM's projections quantized at load
     # A connection may queue this much audio ahead of the model; beyond it the server stops
     # reading from that socket (TCP flow control) until the model catches up.
     max_buffered_seconds: float = 120.0
@@ -76,6 +77,7 @@ class TtsModuleConfig:
     batch_size: int = 8
     device: str | None = None
     dtype: str | None = None
+    quantize: str | None = None  # int8 or int4: the LM's projections quantized at load
     voice: str | None = None  # default voice (a name of the voice repo, or an embedding file)
     voices: str | None = None  # voice repo (hub id or directory); default: the checkpoint's
     cfg: float = 2.0
