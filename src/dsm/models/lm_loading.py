@@ -23,6 +23,7 @@ import torch
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
 from dsm.checkpoint.weights import read_safetensors
 from dsm.errors import ConfigError, WeightsError
+from dsm.models.embeddings import TokenEmbedding
 from dsm.models.lm import LMModel
 from dsm.nn.linear import set_cpu_kernels
 from dsm.nn.quantized import (
@@ -185,9 +186,11 @@ def quantize_lm(
     model: LMModel, mode: str, group_size: int = DEFAULT_GROUP_SIZE, device: str | None = None
 ) -> LMModel:
     """Quantize the projections of the LM (temporal transformer, depformer, heads); the
-    float32 conditioners, the embeddings and the norms stay float. ``device="meta"`` builds
-    empty quantized modules to load a quantized checkpoint into."""
-    skip = tuple(prefix.rstrip(".") for prefix in FLOAT32_PREFIXES)
+    float32 conditioners, the embeddings (with their low-rank and demux projections) and the
+    norms stay float. ``device="meta"`` builds empty quantized modules to load a quantized
+    checkpoint into."""
+    skip = [prefix.rstrip(".") for prefix in FLOAT32_PREFIXES]
+    skip += [name for name, m in model.named_modules() if isinstance(m, TokenEmbedding)]
     quantize_model(model, mode, group_size=group_size, skip=skip, device=device)
     return model
 

@@ -67,6 +67,7 @@ __all__ = [
     "blockwise",
     "cpu_kernels_from_env",
     "packed_weight_bytes",
+    "projection_dtype",
     "replace_linears",
     "set_cpu_kernels",
 ]
@@ -225,6 +226,13 @@ class Linear(nn.Linear):
         """How many row blocks the weight has."""
         return len(self.block_starts) - 1
 
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """dtype of the inputs and outputs: the weight's (see :func:`projection_dtype`)."""
+        param = self._parameters["weight"]
+        assert param is not None
+        return param.dtype
+
     def _product(self, x: torch.Tensor, block: int) -> torch.Tensor:
         param = self._parameters["weight"]
         assert param is not None
@@ -372,6 +380,19 @@ def set_cpu_kernels(
             module.kernels = kernels
             kernels.members.add(module)
     return kernels
+
+
+def projection_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and activation dtype of the first projection in ``module``: what its inputs and
+    KV caches use. A projection module (a :class:`Linear`, or a replacement such as
+    :class:`dsm.nn.quantized.QuantizedLinear`) declares ``activation_dtype``."""
+    for sub in module.modules():
+        dtype = getattr(sub, "activation_dtype", None)
+        if isinstance(dtype, torch.dtype):
+            tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+            return tensors[0].device, dtype
+    param = next(module.parameters())
+    return param.device, param.dtype
 
 
 def packed_weight_bytes(model: nn.Module) -> int:

@@ -24,7 +24,8 @@ to bfloat16 and its output back. int4 weights are reordered into the kernel's la
 call without gradients (``_convert_weight_to_int4pack_for_cpu``), keeping only that copy;
 ``state_dict()`` and ``.to()`` recover the stored nibbles from it exactly (by multiplying an
 identity with unit scales). Blocks whose shape a kernel does not take (int4: rows not a multiple
-of 16) and other devices multiply by the dequantized weight in the input's dtype.
+of 16; int8: input width not a multiple of 16) and other devices multiply by the dequantized
+weight in the input's dtype.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 64
 _COMPUTE = torch.bfloat16
 _INT4_ROW_MULTIPLE = 16
+# torch._weight_int8pack_mm reads past the row for other widths (wrong results, or a crash).
+_INT8_COL_MULTIPLE = 16
 
 
 def check_quantize_mode(mode: str | None) -> str | None:
@@ -174,9 +177,11 @@ class QuantizedLinear(nn.Module):
         bias: bool = False,
         blocks: Sequence[int] | None = None,
         device: torch.device | str | None = None,
-        bias_dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        # The model's float dtype: inputs and outputs (the kernels run in bfloat16 inside).
+        self.activation_dtype = dtype
         if check_quantize_mode(mode) is None:
             raise ValueError("QuantizedLinear needs a mode")
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
@@ -201,7 +206,7 @@ class QuantizedLinear(nn.Module):
             )
         self.bias: nn.Parameter | None = None
         if bias:
-            empty = torch.empty(N, dtype=bias_dtype, device=device)
+            empty = torch.empty(N, dtype=dtype, device=device)
             self.bias = nn.Parameter(empty, requires_grad=False)
         # int4 on CPU: (packed weight, scales_zeros) per block, while packed.
         self._packs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -221,7 +226,7 @@ class QuantizedLinear(nn.Module):
             bias=linear.bias is not None,
             blocks=sizes,
             device=weight.device,
-            bias_dtype=weight.dtype,
+            dtype=weight.dtype,
         )
         if mode == "int8":
             module.qweight, module.scale = quantize_int8(weight)
@@ -263,19 +268,18 @@ class QuantizedLinear(nn.Module):
 
     def _cpu_kernel(self, rows: torch.Tensor, block: int) -> torch.Tensor | None:
         start, end = self.block_starts[block], self.block_starts[block + 1]
+        rows = rows.to(_COMPUTE).contiguous()  # the kernels read dense rows
         if self.mode == "int8":
-            return torch._weight_int8pack_mm(
-                rows.to(_COMPUTE), self.qweight[start:end], self.scale[start:end]
-            )
+            if self.in_features % _INT8_COL_MULTIPLE:
+                return None
+            return torch._weight_int8pack_mm(rows, self.qweight[start:end], self.scale[start:end])
         if self._packs is None:
             if any((e - s) % _INT4_ROW_MULTIPLE for s, e in self._block_ranges()):
                 return None
             self._pack()
         assert self._packs is not None
         packed, scales_zeros = self._packs[block]
-        return torch._weight_int4pack_mm_for_cpu(
-            rows.to(_COMPUTE), packed, self.group_size, scales_zeros
-        )
+        return torch._weight_int4pack_mm_for_cpu(rows, packed, self.group_size, scales_zeros)
 
     def _dequantized_block(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
         self.unpack_weight()
@@ -326,7 +330,13 @@ class QuantizedLinear(nn.Module):
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> QuantizedLinear:
         self.unpack_weight()
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        # ``.to(dtype)`` changes the activations' dtype; scales stay what the kernels take.
+        self.activation_dtype = fn(torch.empty(0, dtype=self.activation_dtype)).dtype
+        self.scale = self.scale.to(torch.bfloat16)
+        if self.mode == "int4":
+            self.zero = self.zero.to(torch.bfloat16)
+        return self
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         self.unpack_weight()
@@ -410,7 +420,7 @@ def quantize_model(
             bias=linear.bias is not None,
             blocks=sizes,
             device=device,
-            bias_dtype=linear.weight.dtype,
+            dtype=linear.weight.dtype,
         )
 
     return replace_linears(model, factory)
