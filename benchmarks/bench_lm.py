@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--quantize", nargs="+", choices=["int8", "int4"], help="also step quantized LMs"
     )
-    parser.add_argument("--group-size", type=int, default=64, help="int4 group size")
+    parser.add_argument("--group-size", type=int, default=32, help="int4 group size")
     parser.add_argument(
         "--shape",
         choices=["real", "small"],

@@ -56,7 +56,7 @@ def test_quantized_dir_loads_the_same_integers(
     assert any(dtype in ("I8", "U8") for _, dtype in stored.values())
 
     direct = _buffers(load_lm(directory))
-    at_load = _buffers(load_lm(stt_dir, quantize=mode))  # default group 64 where it fits
+    at_load = _buffers(load_lm(stt_dir, quantize=mode))
     assert direct and direct.keys() == at_load.keys()
     if mode == "int8":  # no group: quantizing at load gives the stored integers
         assert all(torch.equal(direct[k], v) for k, v in at_load.items())

@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("out_dir", help="new directory to write (must not exist or be empty)")
     parser.add_argument("--bits", type=int, required=True, help="8 (int8) or 4 (int4, group-wise)")
     parser.add_argument(
-        "--group-size", type=int, default=None, help="int4 group size: 32, 64 (default), 128, 256"
+        "--group-size", type=int, default=None, help="int4 group size: 32 (default), 64, 128, 256"
     )
     parser.add_argument("--revision", default=None, help="hub revision of SOURCE")
     parser.set_defaults(func=run)
