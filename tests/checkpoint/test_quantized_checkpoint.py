@@ -138,3 +138,26 @@ def test_server_flag_sets_both_modules() -> None:
     args = build_parser_for_tests().parse_args(["--quantize", "int4"])
     config = apply_overrides(ServerConfig(), args)
     assert config.stt.quantize == config.tts.quantize == "int4"
+
+
+@pytest.mark.parametrize("command", ["transcribe", "synthesize", "eval"])
+def test_model_option_reaches_the_loader(command: str) -> None:
+    from typing import Any
+
+    from dsm.cli import build_parser
+    from dsm.commands.model_args import load_model
+
+    extra = ["x.wav"] if command != "synthesize" else ["hello"]
+    args = build_parser().parse_args([command, "--quantize", "int4", *extra])
+    seen: dict[str, Any] = {}
+
+    def loader(source: str, **kwargs: Any) -> str:
+        seen.update(kwargs)
+        return source
+
+    load_model(loader, args, "usage")
+    assert seen["quantize"] == "int4"
+    args = build_parser().parse_args([command, *extra])
+    seen.clear()
+    load_model(loader, args, "usage")
+    assert "quantize" not in seen
