@@ -18,11 +18,17 @@ temp 0.6, top-k 250 (audio) / 25 (text) and the speaker + cfg conditions (625 cr
     python benchmarks/bench_lm.py --batch 1 4 16 --dtype float32 bfloat16   # all cores
     python benchmarks/bench_lm.py --threads 1                                # one core
     python benchmarks/bench_lm.py --profile tts --batch 4   # torch.profiler table of one dsm step
+    python benchmarks/bench_lm.py --models stt --batch 1 --dtype float32 --quantize int8 int4
+
+With ``--quantize``, the quantized LMs (``dsm.models.lm_loading.quantize_lm``, the same random
+weights) step in the same rounds as the reference and dsm float32, and a second table gives
+each LM's weight bytes (parameters, buffers and packed copies; x16 as above).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -38,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dsm.checkpoint.config import parse_config
 from dsm.generate import StreamingGenerator
 from dsm.models.lm import LMModel
-from dsm.models.lm_loading import load_lm_state
+from dsm.models.lm_loading import load_lm_state, quantize_lm
+from dsm.nn.linear import packed_weight_bytes
+from dsm.nn.quantized import QuantizedLinear
 from tests.helpers.published_configs import stt_1b_en_fr, tts_1p6b_en_fr
 from tests.helpers.reference_lm import (
     STT_LIKE,
@@ -147,10 +155,12 @@ def dsm_from_reference(ref: Any, raw: dict[str, Any], dtype: torch.dtype) -> LMM
 
 
 def bench_point(
-    kind: str, ref: Any, lm: LMModel, B: int, steps: int, warmup: int
+    kind: str, ref: Any, lms: dict[str, LMModel], B: int, steps: int, warmup: int
 ) -> dict[str, tuple[float, float]]:
+    """Median (step ms, main-transformer ms) of the reference and of each LM of ``lms``."""
     from moshi.models.lm import LMGen
 
+    lm = next(iter(lms.values()))
     device = lm.device
     if kind == "stt":
         sampling: dict[str, Any] = dict(temp=0.0, temp_text=0.0)
@@ -164,22 +174,68 @@ def bench_point(
         cond_dsm = lm.make_conditions(text, tensors, B)
 
     ref_gen = LMGen(ref, condition_tensors=cond_ref, **sampling)
-    gen = StreamingGenerator(lm, B, conditions=cond_dsm, **sampling)
-    timers = Timer(ref.transformer), Timer(lm.transformer)
+    gens = {
+        name: StreamingGenerator(model, B, conditions=cond_dsm, **sampling)
+        for name, model in lms.items()
+    }
+    timers = {"ref": Timer(ref.transformer)}
+    timers.update({name: Timer(model.transformer) for name, model in lms.items()})
+    steppers: dict[str, tuple[Callable[[], object], Timer]] = {
+        "ref": (lambda: ref_gen.step(inputs), timers["ref"])
+    }
+    for name, gen in gens.items():
+        steppers[name] = (lambda g=gen: g.step(inputs), timers[name])  # type: ignore[misc]
     try:
-        with ref_gen.streaming(B), gen:
-            return measure(
-                {
-                    "ref": (lambda: ref_gen.step(inputs), timers[0]),
-                    "dsm": (lambda: gen.step(inputs), timers[1]),
-                },
-                steps,
-                warmup,
-                device,
-            )
+        with ref_gen.streaming(B), contextlib.ExitStack() as stack:
+            for gen in gens.values():
+                stack.enter_context(gen)
+            return measure(steppers, steps, warmup, device)
     finally:
-        for timer in timers:
+        for timer in timers.values():
             timer.remove()
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the distinct tensor storages of ``module`` plus its packed weight copies."""
+    seen: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    packs = packed_weight_bytes(module)
+    packs += sum(m.packed_bytes() for m in module.modules() if isinstance(m, QuantizedLinear))
+    return sum(seen.values()) + packs
+
+
+def bench_quantized(args: argparse.Namespace, scale: float) -> None:
+    """Reference, dsm float32 and each ``--quantize`` mode side by side (CPU, float32)."""
+    modes = list(args.quantize)
+    names = ["dsm", *modes]
+    header = " ".join(f"{n + ' ms':>9}" for n in ["ref", *names])
+    header16 = " ".join(f"{n + ' x16':>9}" for n in ["ref", *names])
+    print(f"{'model':5} {'B':>3} | {header} | {header16} | ref/int8 x16")
+    sizes: list[str] = []
+    for kind in args.models:
+        ref, raw = build(kind, args.layers, args.shape)
+        ref = ref.to(device=args.device, dtype=torch.float32)
+        lms = {"dsm": dsm_from_reference(ref, raw, torch.float32)}
+        for mode in modes:
+            lms[mode] = quantize_lm(
+                dsm_from_reference(ref, raw, torch.float32), mode, group_size=args.group_size
+            )
+        for B in args.batch:
+            r = bench_point(kind, ref, lms, B, args.steps, args.warmup)
+            plain = " ".join(f"{r[n][0]:9.1f}" for n in ["ref", *names])
+            x16 = {n: r[n][0] + scale * r[n][1] for n in ["ref", *names]}
+            ext = " ".join(f"{x16[n]:9.1f}" for n in ["ref", *names])
+            ratio = " ".join(f"{x16['ref'] / x16[m]:.2f}x" for m in modes)
+            print(f"{kind:5} {B:>3} | {plain} | {ext} | {ratio}", flush=True)
+        for name, lm in lms.items():
+            total, main = weight_bytes(lm), weight_bytes(lm.transformer)
+            full = (total + scale * main) / 1e9
+            sizes.append(f"{kind:5} {name:5} {total / 1e9:8.3f} GB  x16: {full:6.2f} GB")
+        del lms, ref
+    print("\nLM weight bytes (parameters, buffers, packed copies after the steps above):")
+    print("\n".join(sizes))
 
 
 def profile(kind: str, layers: int, shape: str, B: int, dtype: torch.dtype) -> None:
@@ -214,6 +270,10 @@ def main() -> None:
     parser.add_argument("--profile", choices=["stt", "tts"], help="profile one dsm config")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--quantize", nargs="+", choices=["int8", "int4"], help="also step quantized LMs"
+    )
+    parser.add_argument("--group-size", type=int, default=32, help="int4 group size")
+    parser.add_argument(
         "--shape",
         choices=["real", "small"],
         default="real",
@@ -232,6 +292,13 @@ def main() -> None:
         return
 
     scale = REAL_LAYERS / args.layers - 1
+    if args.quantize:
+        print(
+            f"shape={args.shape} device={args.device} threads={args.threads} "
+            f"layers={args.layers} float32 (x16: extrapolated to 16 main layers)"
+        )
+        bench_quantized(args, scale)
+        return
     header = (
         f"{'model':5} {'dtype':9} {'B':>3} | {'ref ms':>8} {'dsm ms':>8} {'speedup':>7} | "
         f"{'ref x16':>8} {'dsm x16':>8} {'speedup':>7}"
@@ -251,7 +318,7 @@ def main() -> None:
                 ref.condition_provider.float()
             lm = dsm_from_reference(ref, raw, dtype)
             for B in args.batch:
-                r = bench_point(kind, ref, lm, B, args.steps, args.warmup)
+                r = bench_point(kind, ref, {"dsm": lm}, B, args.steps, args.warmup)
                 (ref_ms, ref_tr), (dsm_ms, dsm_tr) = r["ref"], r["dsm"]
                 ref16, dsm16 = ref_ms + scale * ref_tr, dsm_ms + scale * dsm_tr
                 print(

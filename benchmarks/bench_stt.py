@@ -12,6 +12,10 @@ audio seconds processed per wall second over all slots: ``RTF = batch * 0.08 s /
 (higher is faster); the speed-up column compares dsm files with the reference.
 
     python benchmarks/bench_stt.py --batch 1 8 --dtype float32 --steps 20
+    python benchmarks/bench_stt.py --batch 1 --layers 4 --quantize int8 int4
+
+``--quantize``: dsm also runs with the LM's projections quantized (the same weights,
+``dsm.models.lm_loading.quantize_lm``), in the same run as the float rows; Mimi stays float.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dsm.checkpoint.config import parse_config
 from dsm.mimi import FRAME_SIZE, MimiCodec
 from dsm.models.lm import LMModel
-from dsm.models.lm_loading import load_lm_state
+from dsm.models.lm_loading import load_lm_state, quantize_lm
 from dsm.models.mimi import MimiModel
 from dsm.stt.engine import SttEngine
 from tests.helpers.hub_layout import to_hub_layout
@@ -43,13 +47,18 @@ from tests.helpers.reference_lm import make_reference_lm
 from tests.helpers.reference_mimi import build_reference_mimi, speech_like
 
 
+def dsm_lm(ref_lm: Any, raw: dict[str, Any], dtype: torch.dtype) -> LMModel:
+    """dsm's LM on the reference's tensors (shared where no fusing is needed)."""
+    lm = LMModel(parse_config(raw).lm, device="meta", dtype=dtype)
+    load_lm_state(lm, to_hub_layout(ref_lm.state_dict()), dtype=dtype, device=torch.device("cpu"))
+    return lm.eval()
+
+
 def build(layers: int, dtype: torch.dtype) -> tuple[Any, Any, LMModel, MimiCodec]:
     raw = stt_1b_en_fr()
     raw["num_layers"] = layers
     ref_lm = make_reference_lm(raw, seed=0).to(dtype)
-    lm = LMModel(parse_config(raw).lm, device="meta", dtype=dtype)
-    load_lm_state(lm, to_hub_layout(ref_lm.state_dict()), dtype=dtype, device=torch.device("cpu"))
-    lm.eval()
+    lm = dsm_lm(ref_lm, raw, dtype)
     with torch.no_grad():
         ref_mimi = build_reference_mimi(seed=0)
     mimi = MimiModel()
@@ -128,6 +137,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk", type=int, default=16, help="frames per Mimi call (files)")
+    parser.add_argument("--quantize", nargs="+", default=[], choices=["int8", "int4"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,6 +154,14 @@ def main() -> None:
             live = time_dsm(lm, codec, pcm, args.warmup, args.steps)
             files = time_dsm_files(lm, codec, pcm, args.warmup, args.steps, args.chunk)
             rows.append((dtype_name, B, ref, live, files))
+            for mode in args.quantize:
+                raw = stt_1b_en_fr()
+                raw["num_layers"] = args.layers
+                quantized = quantize_lm(dsm_lm(ref_lm, raw, dtype), mode)
+                live = time_dsm(quantized, codec, pcm, args.warmup, args.steps)
+                files = time_dsm_files(quantized, codec, pcm, args.warmup, args.steps, args.chunk)
+                rows.append((f"{dtype_name}+{mode}", B, ref, live, files))
+                del quantized
         del ref_lm, ref_mimi, lm, codec
     print(f"\nSTT step (Mimi encode + LM, stt-1b shape, {args.layers} layers, "
           f"{torch.get_num_threads()} threads), median of {args.steps} steps")  # fmt: skip

@@ -20,6 +20,7 @@ _COMMANDS = (
     "dsm.commands.voices",
     "dsm.commands.eval",
     "dsm.commands.inspect",
+    "dsm.commands.quantize",
     "dsm.commands.serve",
     "dsm.commands.client",
     "dsm.commands.loadtest",

@@ -28,6 +28,7 @@ def load_lm(
     revision: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    quantize: str | None = None,
 ) -> LMModel:
     """Load the language model of ``source`` (hub repo id or local checkpoint directory).
 
@@ -37,6 +38,7 @@ def load_lm(
         revision: hub revision (branch, tag or commit) for a repo id.
         device: target device (CPU by default).
         dtype: parameter dtype; bfloat16 on CUDA and float32 on CPU by default.
+        quantize: ``int8`` or ``int4``: quantize the projections at load (weight-only).
 
     Raises:
         ConfigError: the ``config.json`` is invalid.
@@ -46,4 +48,6 @@ def load_lm(
     from dsm.checkpoint import open_checkpoint
 
     checkpoint = open_checkpoint(source, revision=revision)
-    return load_lm_from_files(checkpoint.config, checkpoint.lm_file(), device=device, dtype=dtype)
+    return load_lm_from_files(
+        checkpoint.config, checkpoint.lm_file(), device=device, dtype=dtype, quantize=quantize
+    )

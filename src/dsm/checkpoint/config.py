@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dsm.checkpoint.quantization import QuantizationConfig, parse_quantization
 from dsm.errors import ConfigError
 
 # Text ids every published checkpoint uses; configs may override them (defaults of the fields).
@@ -197,6 +198,7 @@ class CheckpointConfig:
     tts: TTSConfig | None = None
     lm_gen: LMGenConfig = field(default_factory=LMGenConfig)
     model_id: ModelId | None = None
+    quantization: QuantizationConfig | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -510,6 +512,8 @@ def parse_config(raw: dict[str, Any]) -> CheckpointConfig:
         if "sig" not in id_raw or "epoch" not in id_raw:
             raise ConfigError("model_id must have both 'sig' and 'epoch'")
         model_id = ModelId(sig=str(id_raw["sig"]), epoch=id_raw["epoch"])
+    quant_raw = data.pop("quantization", None)
+    quantization = None if quant_raw is None else parse_quantization(quant_raw)
     for key in _IGNORED_KEYS:
         data.pop(key, None)
     lm = _parse_lm(data)
@@ -528,6 +532,7 @@ def parse_config(raw: dict[str, Any]) -> CheckpointConfig:
         tts=tts,
         lm_gen=lm_gen,
         model_id=model_id,
+        quantization=quantization,
         raw=dict(raw),
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm.checkpoint import open_checkpoint, parse_source
-from dsm.checkpoint.weights import count_parameters_by_part
+from dsm.checkpoint.weights import count_parameters_by_part, read_shapes
 from dsm.errors import CheckpointError
 
 __all__ = ["add_parser", "inspect_source", "run"]
@@ -54,6 +54,7 @@ def inspect_source(source: str, revision: str | None = None) -> dict[str, Any]:
         "config": _plain(dataclasses.asdict(ckpt.config)),
         "files": {"config": str(ckpt.config_path)},
         "parameters": {},
+        "storage": {},
         "missing": {},
     }
     report["config"].pop("raw", None)
@@ -70,7 +71,22 @@ def inspect_source(source: str, revision: str | None = None) -> dict[str, Any]:
         report["files"][role] = str(path)
         if role in ("lm", "mimi"):
             report["parameters"][role] = dict(count_parameters_by_part(path))
+            report["storage"][role] = _storage(path)
     return report
+
+
+def _storage(path: Path) -> dict[str, Any]:
+    """Tensors and bytes per stored dtype of a weights file (int8/uint8 for quantized ones)."""
+    sizes = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+    out: dict[str, Any] = {}
+    for shape, dtype in read_shapes(path).values():
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        entry = out.setdefault(dtype, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += numel * sizes.get(dtype, 0)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -94,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print("config:")
         for key, value in config["lm"].items():
             print(f"  {key}: {value}")
-        for section in ("stt", "tts", "lm_gen", "model_id"):
+        for section in ("stt", "tts", "lm_gen", "model_id", "quantization"):
             if config.get(section) is not None:
                 print(f"  {section}: {config[section]}")
     print("files:")
@@ -107,4 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"parameters ({role}): {_format_count(total)} ({total:,})")
         for part, count in counts.items():
             print(f"  {part}: {_format_count(count)} ({count:,})")
+    for role, storage in report.get("storage", {}).items():
+        held = ", ".join(
+            f"{dtype} {v['tensors']} tensors {v['bytes'] / 1e6:.1f} MB"
+            for dtype, v in storage.items()
+        )
+        print(f"stored ({role}): {held}")
     return 1 if report.get("missing") else 0

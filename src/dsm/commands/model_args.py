@@ -9,7 +9,11 @@ from typing import Any
 
 from dsm.errors import CheckpointError
 
-__all__ = ["add_model_arguments", "load_model"]
+# The values of --quantize (dsm.nn.quantized.QUANT_MODES, which imports torch: checked equal in
+# the tests so that --help stays fast).
+QUANT_CHOICES = ("int8", "int4")
+
+__all__ = ["QUANT_CHOICES", "add_model_arguments", "load_model"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -33,6 +37,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument("--mimi-weights", default=None, help="use this Mimi .safetensors instead")
     group.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead")
     group.add_argument(
+        "--quantize",
+        choices=QUANT_CHOICES,
+        default=None,
+        help="quantize the LM's projections at load: int8 (per output channel) or int4 "
+        "(group-wise); activations run in bfloat16 around them. A checkpoint written by "
+        "'dsm quantize' is quantized already",
+    )
+    group.add_argument(
         "--no-pack-weights",
         action="store_true",
         help="CPU: do not pack the LM projection weights into oneDNN's layout (packed weights "
@@ -47,6 +59,8 @@ def load_model(
     with how to run ``usage`` on a local copy."""
     if getattr(args, "no_pack_weights", False):
         os.environ["DSM_CPU_PACK"] = "0"  # read by the LM loader (dsm.nn.set_cpu_kernels)
+    if getattr(args, "quantize", None) is not None:
+        extra["quantize"] = args.quantize
     dtype = None
     if args.dtype is not None:
         import torch

@@ -14,6 +14,7 @@ import logging
 import signal
 from typing import Any
 
+from dsm.commands.model_args import QUANT_CHOICES
 from dsm.errors import DsmError
 from dsm.extras import require
 
@@ -44,6 +45,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="model dtype"
     )
+    parser.add_argument(
+        "--quantize", choices=QUANT_CHOICES, default=None,
+        help="quantize the LMs' projections at load (int8 or int4)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(func=run)
 
@@ -77,6 +82,8 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
             module.device = args.device
         if args.dtype is not None:
             module.dtype = args.dtype
+        if getattr(args, "quantize", None) is not None:
+            module.quantize = args.quantize
     return config
 
 
@@ -86,7 +93,9 @@ def _load_stt(config: Any) -> Any:
     from dsm.stt.model import load_stt
 
     dtype = getattr(torch, config.stt.dtype) if config.stt.dtype else None
-    return load_stt(config.stt.model, device=config.stt.device, dtype=dtype)
+    return load_stt(
+        config.stt.model, device=config.stt.device, dtype=dtype, quantize=config.stt.quantize
+    )
 
 
 def _load_tts(config: Any) -> Any:
@@ -95,7 +104,11 @@ def _load_tts(config: Any) -> Any:
     from dsm.tts.model import load_tts
 
     dtype = getattr(torch, config.tts.dtype) if config.tts.dtype else None
-    kwargs: dict[str, Any] = {"device": config.tts.device, "dtype": dtype}
+    kwargs: dict[str, Any] = {
+        "device": config.tts.device,
+        "dtype": dtype,
+        "quantize": config.tts.quantize,
+    }
     if config.tts.voices:
         kwargs["voice_repo"] = config.tts.voices
     return load_tts(config.tts.model, **kwargs)

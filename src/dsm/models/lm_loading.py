@@ -23,8 +23,15 @@ import torch
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
 from dsm.checkpoint.weights import read_safetensors
 from dsm.errors import ConfigError, WeightsError
+from dsm.models.embeddings import TokenEmbedding
 from dsm.models.lm import LMModel
 from dsm.nn.linear import set_cpu_kernels
+from dsm.nn.quantized import (
+    DEFAULT_GROUP_SIZE,
+    QuantizedLinear,
+    check_quantize_mode,
+    quantize_model,
+)
 
 __all__ = [
     "FLOAT32_PREFIXES",
@@ -33,6 +40,7 @@ __all__ = [
     "fuse_split_projections",
     "load_lm_from_files",
     "load_lm_state",
+    "quantize_lm",
     "read_safetensors",
     "target_dtype",
 ]
@@ -138,8 +146,25 @@ def load_lm_state(
     if missing or unexpected or wrong:
         raise WeightsError(_mismatch_message(what, missing, unexpected, wrong))
     target = torch.device(device) if device is not None else torch.device("cpu")
+    # Quantized projections' integers and scales load in the dtype they were stored in.
+    stored = {
+        f"{name}.{buffer}": tensor.dtype
+        for name, module in model.named_modules()
+        if isinstance(module, QuantizedLinear)
+        for buffer, tensor in module.named_buffers(recurse=False)
+    }
+    wrong_dtype = [
+        f"{key}: checkpoint {state[key].dtype} vs model {want}"
+        for key, want in stored.items()
+        if state[key].dtype != want
+    ]
+    if wrong_dtype:
+        raise WeightsError(_mismatch_message(what, [], [], wrong_dtype))
     cast = {
-        key: value.to(device=target, dtype=target_dtype(key, value, dtype))
+        key: value.to(
+            device=target,
+            dtype=stored[key] if key in stored else target_dtype(key, value, dtype),
+        )
         for key, value in state.items()
     }
     model.load_state_dict(cast, strict=True, assign=True)
@@ -157,19 +182,46 @@ def default_dtype(device: torch.device | str | None) -> torch.dtype:
     return torch.bfloat16 if kind == "cuda" else torch.float32
 
 
+def quantize_lm(
+    model: LMModel, mode: str, group_size: int = DEFAULT_GROUP_SIZE, device: str | None = None
+) -> LMModel:
+    """Quantize the projections of the LM (temporal transformer, depformer, heads); the
+    float32 conditioners, the embeddings (with their low-rank and demux projections) and the
+    norms stay float. ``device="meta"`` builds empty quantized modules to load a quantized
+    checkpoint into."""
+    skip = [prefix.rstrip(".") for prefix in FLOAT32_PREFIXES]
+    skip += [name for name, m in model.named_modules() if isinstance(m, TokenEmbedding)]
+    quantize_model(model, mode, group_size=group_size, skip=skip, device=device)
+    return model
+
+
 def load_lm_from_files(
     config: CheckpointConfig | LMConfig,
     weights: str | Path,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    quantize: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> LMModel:
     """Build the LM of ``config`` on ``meta`` and load ``weights`` (safetensors) strictly.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU. The model is returned in eval
     mode on ``device`` (CPU by default).
+
+    ``quantize`` (``int8`` or ``int4``, ``group_size`` for int4) quantizes the projections at
+    load (:func:`quantize_lm`). A quantized checkpoint (``quantization`` in its config) loads
+    its integer weights directly, never materialising float ones; ``quantize`` must then be
+    None or its own mode.
     """
+    check_quantize_mode(quantize)
     lm_config = config.lm if isinstance(config, CheckpointConfig) else config
+    stored = config.quantization if isinstance(config, CheckpointConfig) else None
+    if stored is not None and quantize not in (None, stored.mode):
+        raise ConfigError(
+            f"this checkpoint is already quantized ({stored.mode}); it cannot be loaded as "
+            f"{quantize}: drop the quantize option or use the float checkpoint"
+        )
     dtype = dtype or default_dtype(device)
     try:
         model = LMModel(lm_config, device="meta", dtype=dtype)
@@ -177,6 +229,10 @@ def load_lm_from_files(
         raise
     except ValueError as exc:
         raise ConfigError(f"this LM config describes a model dsm cannot build: {exc}") from exc
+    if stored is not None:
+        quantize_lm(model, stored.mode, stored.group_size or DEFAULT_GROUP_SIZE, device="meta")
     state = read_safetensors(weights)
     load_lm_state(model, state, device=device, dtype=dtype, what=f"weights {weights}")
+    if quantize is not None and stored is None:
+        quantize_lm(model, quantize, group_size)
     return model.eval()

@@ -63,8 +63,11 @@ __all__ = [
     "CpuKernels",
     "Linear",
     "StackedLinear",
+    "block_starts_of",
+    "blockwise",
     "cpu_kernels_from_env",
     "packed_weight_bytes",
+    "projection_dtype",
     "replace_linears",
     "set_cpu_kernels",
 ]
@@ -113,6 +116,37 @@ def cpu_kernels_from_env() -> tuple[str, bool]:
     if value not in _TRUE + _FALSE:
         raise ValueError(f"DSM_CPU_PACK must be 1 (pack CPU weights, default) or 0, got {value!r}")
     return mode, value in _TRUE
+
+
+def block_starts_of(out_features: int, blocks: Sequence[int] | None) -> tuple[int, ...]:
+    """Start row of each row block, then ``out_features``; a ``ValueError`` unless the sizes
+    are positive and sum to ``out_features``."""
+    sizes = tuple(blocks) if blocks is not None else (out_features,)
+    if sum(sizes) != out_features or min(sizes) <= 0:
+        raise ValueError(f"row blocks {sizes} do not split {out_features} rows")
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + size)
+    return tuple(starts)
+
+
+def blockwise(
+    product: Callable[[torch.Tensor, int], torch.Tensor],
+    num_blocks: int,
+    x: torch.Tensor,
+    index: int | Sequence[int] | None,
+) -> torch.Tensor:
+    """The row-block dispatch of :meth:`Linear.forward`, shared by every projection module:
+    ``product(x, block)`` multiplies ``x`` by one row block."""
+    if index is None:
+        if num_blocks == 1:
+            return product(x, 0)
+        return torch.cat([product(x, i) for i in range(num_blocks)], dim=-1)
+    if isinstance(index, int):
+        return product(x, index)
+    if len(index) == 1:
+        return product(x, index[0])
+    return torch.cat([product(x[:, t : t + 1], i) for t, i in enumerate(index)], dim=1)
 
 
 class CpuKernels:
@@ -172,13 +206,7 @@ class Linear(nn.Linear):
         blocks: Sequence[int] | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        sizes = tuple(blocks) if blocks is not None else (out_features,)
-        if sum(sizes) != out_features or min(sizes) <= 0:
-            raise ValueError(f"row blocks {sizes} do not split {out_features} rows")
-        starts = [0]
-        for size in sizes:
-            starts.append(starts[-1] + size)
-        self.block_starts = tuple(starts)
+        self.block_starts = block_starts_of(out_features, blocks)
         self.kernels = _DEFAULT_KERNELS
         # Packed weight per block while packed (the parameter's storage is released then).
         self._packs: list[torch.Tensor] | None = None
@@ -191,21 +219,19 @@ class Linear(nn.Linear):
         ``index``: None for the whole weight, an int for that row block, or one block per
         position of ``x [B, T, D_in]`` (``len(index) == T``; the depformer's schedule).
         """
-        if index is None:
-            if len(self.block_starts) == 2:
-                return self._product(x, 0)
-            return torch.cat([self._product(x, i) for i in range(self.num_blocks)], dim=-1)
-        if isinstance(index, int):
-            return self._product(x, index)
-        if len(index) == 1:
-            return self._product(x, index[0])
-        outs = [self._product(x[:, t : t + 1], i) for t, i in enumerate(index)]
-        return torch.cat(outs, dim=1)
+        return blockwise(self._product, self.num_blocks, x, index)
 
     @property
     def num_blocks(self) -> int:
         """How many row blocks the weight has."""
         return len(self.block_starts) - 1
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """dtype of the inputs and outputs: the weight's (see :func:`projection_dtype`)."""
+        param = self._parameters["weight"]
+        assert param is not None
+        return param.dtype
 
     def _product(self, x: torch.Tensor, block: int) -> torch.Tensor:
         param = self._parameters["weight"]
@@ -354,6 +380,19 @@ def set_cpu_kernels(
             module.kernels = kernels
             kernels.members.add(module)
     return kernels
+
+
+def projection_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and activation dtype of the first projection in ``module``: what its inputs and
+    KV caches use. A projection module (a :class:`Linear`, or a replacement such as
+    :class:`dsm.nn.quantized.QuantizedLinear`) declares ``activation_dtype``."""
+    for sub in module.modules():
+        dtype = getattr(sub, "activation_dtype", None)
+        if isinstance(dtype, torch.dtype):
+            tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+            return tensors[0].device, dtype
+    param = next(module.parameters())
+    return param.device, param.dtype
 
 
 def packed_weight_bytes(model: nn.Module) -> int:

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .attention import CrossAttention, StreamingMultiheadAttention
 from .gating import ActivationGating
 from .kv_cache import AttentionPlan, KVCache, RingPositions, StepPositions, offline_plan
-from .linear import Linear
+from .linear import Linear, projection_dtype
 from .norms import LayerScale, make_norm
 from .rope import RotaryEmbedding
 from .streaming import StreamingModule, StreamingState
@@ -287,8 +287,7 @@ class StreamingTransformer(StreamingModule):
         if not self.causal:
             raise RuntimeError("streaming needs a causal transformer")
         layers = self._layer_list()
-        param = next(layers[0].self_attn.parameters())  # the projections' dtype and device
-        device, dtype = param.device, param.dtype
+        device, dtype = projection_dtype(layers[0].self_attn)
         positions: RingPositions | StepPositions
         if self.weights_per_step:
             positions = StepPositions(self.weights_per_step, self.context, device)
@@ -324,7 +323,7 @@ class StreamingTransformer(StreamingModule):
         for layer in self._layer_list():
             assert layer.cross_attention is not None
             attn = layer.cross_attention
-            out.append(attn.compute_kv(src.to(next(attn.parameters()).dtype)))
+            out.append(attn.compute_kv(src.to(projection_dtype(attn)[1])))
         return out
 
     def set_cross_source(self, src: torch.Tensor, mask: torch.Tensor | None = None) -> None:

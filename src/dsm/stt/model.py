@@ -46,11 +46,15 @@ def load_stt(
     lm_weights: str | Path | None = None,
     mimi_weights: str | Path | None = None,
     tokenizer: str | Path | None = None,
+    quantize: str | None = None,
 ) -> SpeechToText:
     """Load a speech-to-text checkpoint (hub repo id or local directory).
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU. The other keyword arguments
-    replace single files of the checkpoint (paths or ``hf://owner/repo/file``).
+    replace single files of the checkpoint (paths or ``hf://owner/repo/file``). ``quantize``
+    (``int8`` or ``int4``) quantizes the LM's projections at load (see
+    :func:`dsm.lm.load_lm_from_files`; a checkpoint written by ``dsm quantize`` loads quantized
+    without it).
     """
     from dsm.lm import load_lm_from_files
     from dsm.mimi import load_mimi
@@ -70,7 +74,7 @@ def load_stt(
             f"text; use an STT checkpoint such as {DEFAULT_STT} or kyutai/stt-2.6b-en"
         )
     dev = default_device(device)
-    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype)
+    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize)
     codec = load_mimi(ckpt.mimi_file(), device=dev, num_codebooks=cfg.lm.n_q)
     text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
     return SpeechToText(lm, codec, text_tokenizer, cfg, name=str(source))

@@ -118,6 +118,7 @@ def load_tts(
     lm_weights: str | Path | None = None,
     mimi_weights: str | Path | None = None,
     tokenizer: str | Path | None = None,
+    quantize: str | None = None,
 ) -> TextToSpeech:
     """Load a text-to-speech checkpoint (hub repo id or local directory).
 
@@ -127,7 +128,8 @@ def load_tts(
         device: default CUDA when available, else CPU.
         dtype: LM dtype; bfloat16 on CUDA and float32 on CPU by default.
         n_q: audio codebooks to generate (default all; fewer is faster, lower quality).
-        revision, config, lm_weights, mimi_weights, tokenizer: as for :func:`dsm.load_stt`.
+        revision, config, lm_weights, mimi_weights, tokenizer, quantize: as for
+            :func:`dsm.load_stt`.
     """
     from dsm.lm import load_lm_from_files
     from dsm.mimi import load_mimi
@@ -147,7 +149,7 @@ def load_tts(
             f"text-to-speech; use a TTS checkpoint such as {DEFAULT_TTS}"
         )
     dev = default_device(device)
-    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype)
+    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize)
     codec = load_mimi(ckpt.mimi_file(), device=dev)
     text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
     return TextToSpeech(
