@@ -75,13 +75,17 @@ async def _speech(request: web.Request) -> web.StreamResponse:
     text = body["input"].strip()
     if not text:
         raise ApiError(400, "'input' is empty")
-    fmt = body.get("response_format") or _default_format()
-    if fmt not in speech_formats():
+    fmt = body.get("response_format")
+    if fmt is None or fmt == "":
+        fmt = _default_format()
+    if not isinstance(fmt, str) or fmt not in speech_formats():
         supported = ", ".join(speech_formats())
         raise ApiError(400, f"response_format {fmt!r} is not supported; use one of: {supported}")
     voice = body.get("voice")
     if voice is not None and not isinstance(voice, str):
         raise ApiError(400, "'voice' must be a string")
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise ApiError(400, "'model' must be a string (an id of GET /v1/models)")
     if voice in OPENAI_VOICES:
         voice = None
     notes = _notes(body, tts_model_id(server))

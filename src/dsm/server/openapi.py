@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from dsm import __version__
+from dsm.audio.encode import FORMATS as FORMATS_BY_NAME
 from dsm.server.openai_api import FORMATS, GRANULARITIES
 from dsm.server.openai_speech import speech_formats
 from dsm.server.state import SERVER_KEY, DsmServer
@@ -101,14 +102,19 @@ def _speech() -> dict[str, Any]:
         "required": ["input"],
         "properties": {
             "input": {"type": "string", "minLength": 1, "description": "The text to speak"},
-            "model": {"type": "string", "description": "An id of GET /v1/models"},
-            "voice": {"type": "string", "description": "A voice of the server, or alloy, nova..."},
-            "response_format": {"type": "string", "enum": list(speech_formats())},
+            "model": {"type": ["string", "null"], "description": "An id of GET /v1/models"},
+            "voice": {
+                "type": ["string", "null"],
+                "description": "A voice of the server, or alloy, nova...",
+            },
+            "response_format": {"enum": [*speech_formats(), "", None]},
             "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0},
-            "instructions": {"type": "string", "description": "Ignored (Warning header)"},
+            # null is accepted as "not given", as for the other optional fields.
+            "instructions": {"type": ["string", "null"], "description": "Ignored (Warning header)"},
         },
     }
-    ok = _ok("The audio, streamed as it is generated", "application/octet-stream")
+    media = sorted({FORMATS_BY_NAME[name].content_type for name in speech_formats()})
+    ok = _ok("The audio, streamed as it is generated", *media)
     return {
         "post": {
             "operationId": "createSpeech",
@@ -158,6 +164,13 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
         "/api/modules_info": _get(
             "modulesInfo", "Slots of each module",
             _ok("Modules", "application/json", schema={"type": "array"}),
+        ),
+        "/api/voices": _get(
+            "voices", "The voice names the TTS routes accept",
+            _ok("Voices", "application/json", schema={
+                "type": "object", "required": ["voices"],
+                "properties": {"voices": {"type": "array", "items": {"type": "string"}}},
+            }),
         ),
         "/metrics": _get("metrics", "Prometheus metrics", _ok("Metrics", "text/plain")),
         "/openapi.json": _get(
