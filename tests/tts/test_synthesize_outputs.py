@@ -80,3 +80,29 @@ def test_stream_speaks_each_line_at_its_newline(ref_tts: ReferenceTts) -> None:
         if proc.poll() is None:
             proc.kill()
     assert len(first + rest) % 2 == 0 and len(first + rest) >= 2 * 1920
+
+
+def test_one_shot_equals_library_and_shows_progress_on_a_terminal(
+    ref_tts: ReferenceTts,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command streams the audio to its file as it is made (same samples as
+    ``TextToSpeech.synthesize``) with a progress bar in seconds of audio on a terminal."""
+    import dsm
+    from dsm.cli import main
+
+    text = 'Hello world. <break time="0.5s"/> hello.'
+    target = tmp_path / "a.wav"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["synthesize", text, "-o", str(target), *_model(ref_tts)]) == 0
+    err = capsys.readouterr().err
+    assert "synthesizing" in err and "s audio" in err
+    tts = dsm.load_tts(str(ref_tts.directory), voice_repo=str(ref_tts.voice_dir), device="cpu")
+    expected = tts.synthesize(text, voice=VOICE_NAME, temperature=0.0).pcm
+    written = load_audio(target)
+    assert written.shape[0] == expected.shape[0]
+    np.testing.assert_allclose(written, expected, atol=1.0 / 32767 + 1e-6)  # 16-bit wav
+    assert main(["synthesize", text, "-q", "-o", str(target), *_model(ref_tts)]) == 0
+    assert "synthesizing" not in capsys.readouterr().err

@@ -50,6 +50,11 @@ def add_parser(subparsers: Any) -> None:
         help="speak each stdin line as soon as its newline arrives (each line is one utterance)",
     )
     parser.add_argument("--words", default=None, help="write word timings (JSON) to this file")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress bar (it is shown on a terminal only: seconds of audio made, real-time "
+        "factor)",
+    )  # fmt: skip
     add_model_arguments(parser, DEFAULT_TTS)
     parser.set_defaults(func=run)
 
@@ -93,48 +98,68 @@ def run(args: argparse.Namespace) -> int:
         text = sys.stdin.read().strip()
     else:
         text = args.text
-    speech = tts.synthesize(
-        text, voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
-    )
+    progress = _progress(args)
     with open_sink(args.output) as sink:
-        sink.write(speech.pcm)
-    _write_words(args.words, speech.words)
+        seconds, words = _speak(tts, args, text, sink, progress, 0.0)
+    progress.close()
+    _write_words(args.words, words)
     if args.output != "-":
-        print(f"wrote {args.output} ({speech.duration:.2f} s)", file=sys.stderr)
+        print(f"wrote {args.output} ({seconds:.2f} s)", file=sys.stderr)
     return 0
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from dsm.progress import AudioProgress
+
+    show = not args.quiet and sys.stderr.isatty()
+    return AudioProgress(["speech"], [None], enabled=show, desc="synthesizing")
+
+
+def _speak(
+    tts: Any, args: argparse.Namespace, text: str, sink: Any, progress: Any, offset: float
+) -> tuple[float, list[Any]]:
+    """Speak ``text`` as one utterance, writing its audio to ``sink`` as it is made (the
+    progress bar counts it); returns the audio's length in seconds and its words, their times
+    shifted by ``offset`` seconds."""
+    from dataclasses import replace
+    from itertools import chain
+
+    from dsm.mimi import SAMPLE_RATE
+    from dsm.tts.session import AudioChunk
+
+    words: list[Any] = []
+    samples = 0
+    with tts.stream(
+        voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
+    ) as session:
+        for event in chain(session.push_iter(text), session.end_iter()):
+            if isinstance(event, AudioChunk):
+                sink.write(event.pcm)
+                samples += event.pcm.shape[0]
+                progress.advance(0, offset + samples / SAMPLE_RATE)
+            else:
+                words.append(replace(event, start=event.start + offset, end=event.end + offset))
+    return samples / SAMPLE_RATE, words
 
 
 def _run_stream(args: argparse.Namespace, tts: Any) -> int:
     """One utterance per stdin line, each spoken (and written) as soon as its newline arrives:
     the model needs the words after a word before it speaks it, so a line's last words are
     only spoken once its text ends."""
-    from dataclasses import replace
-    from itertools import chain
-
-    from dsm.mimi import SAMPLE_RATE
     from dsm.tts.output import open_sink
-    from dsm.tts.session import AudioChunk
 
     words: list[Any] = []
     if sys.stdin.isatty():
         print("Type text, one line at a time (Ctrl-D to end):", file=sys.stderr)
     offset = 0.0  # seconds of audio written before this line's
+    progress = _progress(args)
     with open_sink(args.output) as sink:
         for line in iter(sys.stdin.readline, ""):  # no read-ahead past the newline
             if not line.strip():
                 continue
-            samples = 0
-            with tts.stream(
-                voice=args.voice, cfg=args.cfg, temperature=args.temperature, seed=args.seed
-            ) as session:
-                for event in chain(session.push_iter(line), session.end_iter()):
-                    if isinstance(event, AudioChunk):
-                        sink.write(event.pcm)
-                        samples += event.pcm.shape[0]
-                    else:
-                        words.append(
-                            replace(event, start=event.start + offset, end=event.end + offset)
-                        )
-            offset += samples / SAMPLE_RATE
+            seconds, line_words = _speak(tts, args, line, sink, progress, offset)
+            words += line_words
+            offset += seconds
+    progress.close()
     _write_words(args.words, words)
     return 0
