@@ -30,9 +30,16 @@ def test_single_input_equals_reference(
     pcm = _audio(2.0, seed=1)  # 25 frames + 1.5 s of padding: well past the 12-step context
     ref_text, ref_tokens = reference_transcribe(ref_stt, pcm)
     result = stt.transcribe(pcm, sample_rate=24000)
-    # Same tokens (so same text, made from the tokens by one rule) as the reference.
+    # Same text, made from the tokens by one rule (words joined), as the reference's tokens.
     assert result.text == ref_text.strip()
     assert len(ref_tokens) > 2 * ref_stt.config["context"]
+    # And the same text tokens, independently of that rule: the reference's tokens above the
+    # padding id, decoded by its tokenizer, equal those of a dsm session on the same audio.
+    with stt.stream() as session:
+        session.push(pcm)
+        session.flush()
+    ours = stt.tokenizer.decode([t for t in session.tokens if t > 3]).strip()
+    assert ours == ref_stt.tokenizer.decode([t for t in ref_tokens if t > 3]).strip()
     print(f"reference tokens: {len(ref_tokens)}, text: {ref_text!r}")
 
 
