@@ -61,7 +61,7 @@ class LossSum:
     """
 
     total: torch.Tensor
-    count: int
+    count: float
     audio_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -387,7 +387,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                 group["lr"] = lr
             items = step_items(len(task), config.batch_size, step, config.seed)
             parts = micro_batches(items, rank, world_size, config.grad_accum)
-            local_loss, local_count, local_audio = 0.0, 0, 0.0
+            local_loss, local_count, local_audio = 0.0, 0.0, 0.0
             extra: dict[str, float] = {}
             for i, part in enumerate(parts):
                 batch = task.collate(part)
@@ -403,7 +403,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                     extra[key] = extra.get(key, 0.0) + value
             keys = sorted(extra)
             totals = _all_reduce(
-                [local_loss, float(local_count), local_audio, *(extra[k] for k in keys)]
+                [local_loss, local_count, local_audio, *(extra[k] for k in keys)]
             )
             loss_sum, count, audio = totals[0], max(totals[1], 1.0), totals[2]
             # DDP averages gradients over processes; this makes them the global-batch mean.
@@ -436,8 +436,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             validation = _validate(task, model)
             if validation:
                 metrics.log(config.steps, validation)
-            artefacts = task.save(out_dir)
             _save_state(state_dir, model, optimizer, config.steps)
+            artefacts = task.save(out_dir)
         _barrier()
     finally:
         if bar is not None:
