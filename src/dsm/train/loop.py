@@ -402,9 +402,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                 for key, value in out.metrics.items():
                     extra[key] = extra.get(key, 0.0) + value
             keys = sorted(extra)
-            totals = _all_reduce(
-                [local_loss, local_count, local_audio, *(extra[k] for k in keys)]
-            )
+            totals = _all_reduce([local_loss, local_count, local_audio, *(extra[k] for k in keys)])
             loss_sum, count, audio = totals[0], max(totals[1], 1.0), totals[2]
             # DDP averages gradients over processes; this makes them the global-batch mean.
             scale = world_size / count
