@@ -63,7 +63,8 @@ class SttLayout:
         """The frame of a word's first piece (see the module docstring)."""
         shifted = start_seconds + self.plan.word_offset_seconds
         # A tiny epsilon keeps a time given on a frame boundary on that frame despite rounding.
-        return max(0, math.floor(shifted * FRAME_RATE + 1e-6))
+        # Step 0's token is never decoded (the model has heard nothing yet): frame 1 at least.
+        return max(1, math.floor(shifted * FRAME_RATE + 1e-6))
 
 
 def text_target(
