@@ -4,6 +4,7 @@ a silence prefix that is not a whole number of frames, and the synthetic dataset
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from tests.helpers.reference_stt import ReferenceStt, make_reference_stt_dir, st
 from tests.train.synthetic import write_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
     """Tiny models train an order of magnitude faster on one thread than on two busy ones."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -22,6 +23,12 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
