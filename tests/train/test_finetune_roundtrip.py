@@ -28,12 +28,18 @@ def test_full_finetune_round_trip(
         "finetune", "stt", "--model", str(prefixed_stt.directory), "--train",
         str(synthetic_manifest), "--out", str(out), "--full", "--steps", "150", "--lr", "3e-3",
         "--batch-size", "6", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "-q",
+        "--val", str(synthetic_manifest), "--eval-every", "75", "--normalizer", "none",
     ])  # fmt: skip
     assert code == 0
     summary = capsys.readouterr().out
     print(summary)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["loss"] < 0.1 * rows[0]["loss"], (rows[0], rows[-1])
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert losses[-1] < 0.1 * losses[0], losses
+    # Validation WER (dsm eval's scoring) at step 75 and at the end; the end transcribes all.
+    wers = [(row["step"], row["val_wer"]) for row in rows if "val_wer" in row]
+    assert [step for step, _ in wers] == [75, 150]
+    assert wers[-1][1] == 0.0
 
     lines = [json.loads(x) for x in synthetic_manifest.read_text().splitlines()]
     files = [str(synthetic_manifest.parent / x["audio"]) for x in lines]

@@ -105,3 +105,39 @@ def test_cli_refuses_a_used_output_directory(
     code = main(["finetune", "stt", "--train", str(path), "--out", str(data / "run")])
     assert code == 1 and "not empty" in capsys.readouterr().err
     assert [p.name for p in (data / "run").iterdir()] == ["keep.txt"]
+
+
+class FakeAligner:
+    """Stands for ``SpeechToText.align_many`` (the ``dsm align`` engine): evenly spaced words,
+    or a failure for the text "fail"."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def align_many(self, items: list[tuple[str, str]]) -> list[object]:
+        from dsm.stt.transcript import Transcript, TranscriptionFailure
+
+        self.calls.append(items)
+        out: list[object] = []
+        for audio, text in items:
+            if text == "fail":
+                out.append(TranscriptionFailure(audio, "the transcript does not fit"))
+                continue
+            words = [Word(w, 0.5 * i, 0.5 * i + 0.4) for i, w in enumerate(text.split())]
+            out.append(Transcript(text, words, SECONDS))
+        return out
+
+
+def test_lines_without_word_times_are_aligned(data: Path) -> None:
+    from dsm.train.stt_task import align_missing
+
+    items = read_manifest(_manifest(data, {"audio": "a.wav", "words": GOOD_WORDS},
+                                    {"audio": "a.wav", "text": "the fox"}))  # fmt: skip
+    aligner = FakeAligner()
+    aligned = align_missing(aligner, items)  # type: ignore[arg-type]
+    assert aligner.calls == [[(str(data / "a.wav"), "the fox")]]  # only the line without times
+    assert aligned[0] is items[0]
+    assert aligned[1].words == (Word("the", 0.0, 0.4), Word("fox", 0.5, 0.9))
+    failing = read_manifest(_manifest(data, {"audio": "a.wav", "text": "fail"}))
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: forced alignment failed"):
+        align_missing(aligner, failing)  # type: ignore[arg-type]

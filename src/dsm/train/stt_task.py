@@ -55,20 +55,26 @@ def layout_of(stt: SpeechToText) -> SttLayout:
 
 def align_missing(stt: SpeechToText, utterances: Sequence[Utterance]) -> list[Utterance]:
     """Word times for the utterances that have none, by forced alignment with ``stt``
-    (``SpeechToText.align``, the ``dsm align`` engine); the others are returned unchanged."""
+    (``SpeechToText.align_many``, the engine of ``dsm align``); the others are returned
+    unchanged. This is the one place training calls the aligner."""
+    from dsm.stt.transcript import TranscriptionFailure
+    from dsm.train.manifest import ManifestError
+
     out = list(utterances)
     missing = [i for i, u in enumerate(out) if u.words is None]
     if not missing:
         return out
-    align = getattr(stt, "align", None)
-    if align is None:
-        raise NotImplementedError(
+    align_many = getattr(stt, "align_many", None)
+    if align_many is None:
+        raise ManifestError(
             f"{out[missing[0]].where}: this line has no word times and this dsm has no forced "
             'aligner; give "words" with start and end times for every line'
         )
-    for i in missing:
-        transcript = align(str(out[i].audio), out[i].text)
-        out[i] = out[i].with_words(transcript.words)
+    results = align_many([(str(out[i].audio), out[i].text) for i in missing])
+    for i, result in zip(missing, results, strict=True):
+        if isinstance(result, TranscriptionFailure):
+            raise ManifestError(f"{out[i].where}: forced alignment failed: {result.message}")
+        out[i] = out[i].with_words(result.words)
     return out
 
 
