@@ -137,3 +137,20 @@ def test_reference_loads_merged_and_adapter(prefixed_stt: ReferenceStt, run: Pat
         err_adapter = _rel(_logits(ref_adapter, tokens), expected)
     print(f"reference vs dsm: merged checkpoint {err_merged:.1e}, adapter {err_adapter:.1e}")
     assert err_merged < PARITY_RTOL and err_adapter < PARITY_RTOL
+
+
+def test_merge_command(prefixed_stt: ReferenceStt, run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    assert main(["finetune", "merge", "--model", str(prefixed_stt.directory), "--lora", str(run),
+                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    ours, theirs = (
+        read_safetensors(out / "model.safetensors"),
+        read_safetensors(run / "merged" / "model.safetensors"),
+    )
+    assert set(ours) == set(theirs)
+    worst = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+    assert worst < 1e-6, worst
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in (run / "merged").iterdir())
+    again = ["finetune", "merge", "--model", str(prefixed_stt.directory), "--lora", str(run)]
+    assert main([*again, "--out", str(out)]) == 1  # the directory is not empty: refused
