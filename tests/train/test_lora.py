@@ -154,3 +154,33 @@ def test_merge_command(prefixed_stt: ReferenceStt, run: Path, tmp_path: Path) ->
     assert names == sorted(p.name for p in (run / "merged").iterdir())
     again = ["finetune", "merge", "--model", str(prefixed_stt.directory), "--lora", str(run)]
     assert main([*again, "--out", str(out)]) == 1  # the directory is not empty: refused
+
+
+def test_moshi_finetune_adapter_loads(prefixed_stt: ReferenceStt, tmp_path: Path) -> None:
+    """moshi-finetune's LoRA output (``lora.safetensors`` with the reference's in-memory key
+    names, every linear adapted, and a config.json with the rank and scaling) loads with
+    ``--lora`` and gives the reference's logits."""
+    from moshi.modules.lora import replace_all_linear_with_lora
+    from moshi.utils.compile import no_compile
+    from safetensors.torch import save_file
+
+    ref = copy.deepcopy(prefixed_stt.lm)
+    replace_all_linear_with_lora(ref, RANK, SCALING)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if ".lora_" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))
+    lora = {k: v.contiguous() for k, v in ref.state_dict().items() if ".lora_" in k}
+    assert any(".in_projs.0.lora_A" in k for k in lora) and "text_linear.lora_B.weight" in lora
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    config = {**prefixed_stt.config, "lora": True, "lora_rank": RANK, "lora_scaling": SCALING}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = dsm.load_lm(prefixed_stt.directory, lora=tmp_path)
+    tokens = _tokens(ours)
+    with no_compile():
+        expected = _logits(ref.eval(), tokens)
+    assert _rel(_logits(dsm.load_lm(prefixed_stt.directory), tokens), expected) > 1e-3
+    err = _rel(_logits(ours, tokens), expected)
+    print(f"moshi-finetune adapter: dsm --lora vs the reference's LoRA modules {err:.1e}")
+    assert err < MERGE_RTOL
