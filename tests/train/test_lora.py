@@ -184,3 +184,20 @@ def test_moshi_finetune_adapter_loads(prefixed_stt: ReferenceStt, tmp_path: Path
     err = _rel(_logits(ours, tokens), expected)
     print(f"moshi-finetune adapter: dsm --lora vs the reference's LoRA modules {err:.1e}")
     assert err < MERGE_RTOL
+
+
+def test_serve_takes_the_adapter(prefixed_stt: ReferenceStt, run: Path, tmp_path: Path) -> None:
+    from dsm.commands.serve import _load_stt, apply_overrides, build_parser_for_tests
+    from dsm.server.config import load_server_config
+
+    path = tmp_path / "server.toml"
+    path.write_text(f'[stt]\nmodel = "{prefixed_stt.directory}"\nlora = "{run}"\ndevice = "cpu"\n')
+    config = load_server_config(path)
+    assert config.stt.lora == str(run)
+    args = build_parser_for_tests().parse_args(["--tts-lora", "elsewhere"])
+    assert apply_overrides(config, args).tts.lora == "elsewhere"
+    stt = _load_stt(config)
+    tokens = _tokens(stt.lm)
+    assert torch.equal(
+        _logits(stt.lm, tokens), _logits(dsm.load_lm(prefixed_stt.directory, lora=run), tokens)
+    )
