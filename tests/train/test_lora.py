@@ -36,8 +36,8 @@ def run(prefixed_stt: ReferenceStt, synthetic_manifest: Path, tmp_path_factory: 
         code = main([
             "finetune", "stt", "--model", str(prefixed_stt.directory), "--train",
             str(synthetic_manifest), "--out", str(out), "--lora-rank", str(RANK), "--steps", "12",
-            "--lr", "1e-2", "--batch-size", "3", "--grad-accum", "3", "--merge", "--device",
-            "cpu", "--cache-dir", str(out.parent / "cache"), "-q",
+            "--lr", "1e-2", "--batch-size", "3", "--grad-accum", "3", "--merge", "--save-every",
+            "100", "--device", "cpu", "--cache-dir", str(out.parent / "cache"), "-q",
         ])  # fmt: skip
     assert code == 0
     return out
