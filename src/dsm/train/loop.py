@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -468,13 +468,6 @@ def _barrier() -> None:
 
     if world()[1] > 1:
         dist.barrier()
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """``config`` as JSON-ready data (paths as strings)."""
-    data = asdict(config)
-    data["out_dir"] = str(config.out_dir)
-    return data
 
 
 def init_distributed() -> tuple[int, int]:
