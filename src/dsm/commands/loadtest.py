@@ -65,6 +65,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--audio", default=None, help="audio file to stream, looped (None: noise)")
     parser.add_argument("--late-ms", type=float, default=250.0, help="lateness threshold")
     parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="send audio at this multiple of real time (below 1 when the clients cannot keep "
+        "up with many sessions; the server's cost per frame does not depend on it)",
+    )
+    parser.add_argument(
         "--model-delay-ms", type=float, default=None,
         help="the STT model's text delay, subtracted from word latencies (None: the "
         "server's modules_info, if it says)",
@@ -228,7 +235,12 @@ class _SttResult:
 
 
 async def _stt_session(
-    http: Any, url: str, headers: dict[str, str], frames: list[bytes], timeout: float
+    http: Any,
+    url: str,
+    headers: dict[str, str],
+    frames: list[bytes],
+    timeout: float,
+    speed: float = 1.0,
 ) -> _SttResult:
     import aiohttp
 
@@ -271,7 +283,7 @@ async def _stt_session(
         try:
             t0 = time.monotonic()
             for i, payload in enumerate(frames):  # real time, on an absolute schedule
-                delay = t0 + i * FRAME_SECONDS - time.monotonic()
+                delay = t0 + i * FRAME_SECONDS / speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if receiver.done():
@@ -395,6 +407,7 @@ async def run_loadtest(
     tts_text: str = "Hello there.",
     model_delay_seconds: float | None = None,
     timeout: float = 60.0,
+    speed: float = 1.0,
 ) -> LoadtestReport:
     """Run the load and return the measurements (see the module docstring)."""
     import aiohttp
@@ -415,9 +428,11 @@ async def run_loadtest(
 
         async def one_stt(i: int) -> None:
             # Stagger the starts over one frame so that sessions don't arrive in lockstep.
-            await asyncio.sleep(FRAME_SECONDS * i / max(1, sessions))
+            await asyncio.sleep(FRAME_SECONDS / speed * i / max(1, sessions))
             try:
-                stt_results.append(await _stt_session(http, url, headers, payloads[i], timeout))
+                stt_results.append(
+                    await _stt_session(http, url, headers, payloads[i], timeout, speed)
+                )
             except (DsmError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 stt_results.append(_SttResult(error=f"{type(exc).__name__}: {exc}"))
 
@@ -482,14 +497,14 @@ def _fill_stt(
 def run(args: argparse.Namespace) -> int:
     """Run ``dsm loadtest``; exit status 1 when any session failed or a frame was late."""
     require("dsm loadtest", "aiohttp", "msgpack")
-    if args.sessions < 0 or args.seconds <= 0 or args.tts_sessions < 0:
-        raise DsmError("--sessions and --tts-sessions must be >= 0 and --seconds positive")
+    if args.sessions < 0 or args.seconds <= 0 or args.tts_sessions < 0 or args.speed <= 0:
+        raise DsmError("--sessions and --tts-sessions must be >= 0, --seconds and --speed positive")
     delay = None if args.model_delay_ms is None else args.model_delay_ms / 1000
     report = asyncio.run(
         run_loadtest(
             args.url, args.sessions, args.seconds, api_key=args.api_key, audio_path=args.audio,
             late_seconds=args.late_ms / 1000, tts_sessions=args.tts_sessions,
-            tts_text=args.tts_text, model_delay_seconds=delay,
+            tts_text=args.tts_text, model_delay_seconds=delay, speed=args.speed,
         )
     )  # fmt: skip
     if args.json:

@@ -132,6 +132,7 @@ def float_array(value: Any, name: str = "pcm") -> np.ndarray:
 # they write it): a 2-entry map, then the pcm array header.
 _AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
 _F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
+_F32_TAG = b"\xca"
 
 
 def _fast_audio(data: bytes) -> np.ndarray | None:
@@ -153,11 +154,9 @@ def _fast_audio(data: bytes) -> np.ndarray | None:
         count, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
     else:
         return None
-    if len(data) - pos != 5 * count:
-        return None
-    items = np.frombuffer(data, dtype=_F32_ITEM, count=count, offset=pos)
-    if not (items["tag"] == 0xCA).all():
+    if len(data) - pos != 5 * count or data[pos::5] != _F32_TAG * count:
         return None  # float64 or integer samples: the generic path converts them
+    items = np.frombuffer(data, dtype=_F32_ITEM, count=count, offset=pos)
     pcm = items["value"].astype(np.float32)
     if not np.isfinite(pcm).all():
         raise ProtocolError('"pcm" contains NaN or infinite samples')
