@@ -41,8 +41,7 @@ from dsm.errors import DsmError
 from dsm.extras import require
 from dsm.frames import FRAME_SIZE, SAMPLE_RATE
 
-__all__ = ["LoadtestReport", "add_parser", "encode_audio_message", "latency_table", "percentiles",
-           "run", "run_loadtest"]  # fmt: skip
+__all__ = ["LoadtestReport", "add_parser", "latency_table", "percentiles", "run", "run_loadtest"]
 
 FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
 FLUSH_FRAMES = 12  # silence frames per flush message (0.96 s)
@@ -173,25 +172,6 @@ def latency_table(rows: list[tuple[str, dict[str, float]]]) -> list[str]:
 
 # -- audio ------------------------------------------------------------------------------------
 
-_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"  # {"type": "Audio", "pcm": ...} as clients pack
-_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
-
-
-def encode_audio_message(pcm: np.ndarray) -> bytes:
-    """``{"type": "Audio", "pcm": [...]}`` with float32 samples, the bytes Kyutai's clients send
-    (``msgpack.packb(..., use_single_float=True)``), built without a Python float per sample."""
-    n = int(pcm.shape[0])
-    if n < 16:
-        header = bytes([0x90 | n])
-    elif n < 1 << 16:
-        header = b"\xdc" + n.to_bytes(2, "big")
-    else:
-        header = b"\xdd" + n.to_bytes(4, "big")
-    items = np.empty(n, dtype=_F32_ITEM)
-    items["tag"] = 0xCA
-    items["value"] = pcm
-    return _AUDIO_PREFIX + header + items.tobytes()
-
 
 def _audio(path: str | None, seconds: float, seed: int) -> np.ndarray:
     samples = int(seconds * SAMPLE_RATE)
@@ -211,7 +191,9 @@ def _audio(path: str | None, seconds: float, seed: int) -> np.ndarray:
 def _frames(audio: np.ndarray) -> list[bytes]:
     """One Audio message per whole 1920-sample frame (a partial last frame is dropped)."""
     n = audio.shape[0] // FRAME_SIZE
-    return [encode_audio_message(audio[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
+    from dsm.server.protocol import encode_audio  # msgpack: imported once the command runs
+
+    return [encode_audio(audio[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -245,6 +227,7 @@ async def _stt_session(
     import aiohttp
 
     from dsm.server.client import open_session, unpack_message
+    from dsm.server.protocol import encode_audio
 
     result = _SttResult()
     sent_at: list[float] = []  # send time of every frame, audio then flush silence
@@ -292,7 +275,7 @@ async def _stt_session(
                 sent_at.append(time.monotonic())
                 result.frames += 1
             await ws.send_bytes(_pack({"type": "Marker", "id": MARKER_ID}))
-            silence = encode_audio_message(np.zeros(FLUSH_FRAMES * FRAME_SIZE, np.float32))
+            silence = encode_audio(np.zeros(FLUSH_FRAMES * FRAME_SIZE, np.float32))
             flushed = 0.0
             while not receiver.done() and flushed < FLUSH_LIMIT_SECONDS:
                 await ws.send_bytes(silence)

@@ -70,6 +70,13 @@ class OggOpusIn:
     data: bytes
 
 
+# The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
+# they write it): a 2-entry map, then the pcm array header.
+_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
+_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
+_F32_TAG = b"\xca"
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One outgoing message as msgpack bytes (float32 arrays, float64 scalars)."""
     if len(message) >= 16:
@@ -83,8 +90,20 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def encode_audio(pcm: np.ndarray) -> bytes:
-    """``{"type": "Audio", "pcm": [...]}`` with float32 samples."""
-    return encode({"type": "Audio", "pcm": np.asarray(pcm, dtype=np.float32).tolist()})
+    """``{"type": "Audio", "pcm": [...]}`` with float32 samples: the bytes :func:`encode` gives
+    for that message, written straight from numpy (no Python float per sample)."""
+    samples = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    count = samples.shape[0]
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    items = np.empty(count, dtype=_F32_ITEM)
+    items["tag"] = _F32_TAG[0]
+    items["value"] = samples
+    return _AUDIO_PREFIX + header + items.tobytes()
 
 
 def error(message: str) -> bytes:
@@ -126,13 +145,6 @@ def float_array(value: Any, name: str = "pcm") -> np.ndarray:
     if not np.isfinite(array).all():
         raise ProtocolError(f'"{name}" contains NaN or infinite values')
     return array
-
-
-# The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
-# they write it): a 2-entry map, then the pcm array header.
-_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
-_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
-_F32_TAG = b"\xca"
 
 
 def _fast_audio(data: bytes) -> np.ndarray | None:

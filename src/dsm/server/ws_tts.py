@@ -44,7 +44,14 @@ from dsm.engine.events import ChannelError
 from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.tts import TtsChannel, TtsModule
 from dsm.server.closing import end_session
-from dsm.server.protocol import ProtocolError, encode, error, float_array, message_of
+from dsm.server.protocol import (
+    ProtocolError,
+    encode,
+    encode_audio,
+    error,
+    float_array,
+    message_of,
+)
 from dsm.server.state import SERVER_KEY, DsmServer
 from dsm.server.ws_io import IdleDeadline, off_loop
 from dsm.tts.voices import VoiceError
@@ -159,7 +166,7 @@ class TtsWire:
                 return self._ogg(data) if data else None
             if self.format == "Pcm":
                 return pcm.astype("<f4").tobytes()
-            return encode({"type": "Audio", "pcm": pcm.tolist()})
+            return encode_audio(pcm)
         return encode(message) if self.msgpack else None
 
     def end(self) -> bytes | None:
