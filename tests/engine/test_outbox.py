@@ -86,3 +86,17 @@ def test_events_reach_a_real_loop_from_another_thread() -> None:
         return got
 
     assert asyncio.run(main()) == [MarkerDone(7), MarkerDone(8)]
+
+
+def test_end_of_stream_passes_like_deliver() -> None:
+    """``None`` (the end) reaches even a failed channel, as with ``Channel.deliver``."""
+    loop = CountingLoop()
+    live, failed = ListChannel(0, loop), ListChannel(1, loop)
+    failed.failed = True
+    outbox = Outbox()
+    outbox.add(live, [MarkerDone(1)])
+    outbox.add(live, None)
+    outbox.add(failed, None)
+    outbox.flush()
+    assert live.got == [[MarkerDone(1)], None]
+    assert failed.got == [None]

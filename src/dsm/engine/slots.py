@@ -106,6 +106,9 @@ class Channel:
         self.deliver(END)
 
 
+_Delivery = tuple[Channel, "list[ChannelEvent] | None"]
+
+
 class Outbox:
     """The events of one model step for many channels, handed to their event loops at once.
 
@@ -116,12 +119,14 @@ class Outbox:
     """
 
     def __init__(self) -> None:
-        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Channel, list[ChannelEvent]]]] = {}
+        self._items: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
 
-    def add(self, channel: Channel, messages: list[ChannelEvent]) -> None:
-        """Queue ``messages`` (non-empty lists only reach the channel) for ``channel``."""
-        if messages and not (channel.closed or channel.failed):
-            self._items.setdefault(channel.loop, []).append((channel, messages))
+    def add(self, channel: Channel, messages: list[ChannelEvent] | None) -> None:
+        """Queue ``messages`` for ``channel`` as :meth:`Channel.deliver` would (``None`` ends
+        its stream; an empty list, or messages for a closed or failed channel, are dropped)."""
+        if messages is not None and (not messages or channel.closed or channel.failed):
+            return
+        self._items.setdefault(channel.loop, []).append((channel, messages))
 
     def flush(self) -> None:
         """Hand everything queued to the event loops (from the model thread)."""
@@ -132,7 +137,7 @@ class Outbox:
                 loop.call_soon_threadsafe(_put_all, batch)
 
 
-def _put_all(batch: list[tuple[Channel, list[ChannelEvent]]]) -> None:
+def _put_all(batch: list[_Delivery]) -> None:
     for channel, messages in batch:
         channel._put(messages)
 
