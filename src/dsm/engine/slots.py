@@ -150,10 +150,11 @@ class ModelModule(Generic[C]):
 
     name = "module"
     kind = "module"
-    # Shortest time between the starts of two steps. Input arrives one connection at a time;
-    # a model thread that steps at every arrival (a step that costs little, as on a GPU with
-    # few slots) wakes per message and steps one slot at a time. Waiting for the rest of this
-    # interval lets frames gather into one step: a few ms of latency on 80 ms frames.
+    # Shortest time between the starts of two steps while no input is waiting. Input arrives
+    # one connection at a time; a model thread that steps at every arrival (a step that costs
+    # little, as on a GPU) wakes per message and steps a slot or two at a time. Waiting for the
+    # rest of this interval lets frames gather into one step: a few ms of latency on 80 ms
+    # frames. A subclass sets ``backlog`` when input is already queued: no wait then.
     min_step_interval_s = 0.0
 
     def __init__(self, batch_size: int) -> None:
@@ -163,6 +164,7 @@ class ModelModule(Generic[C]):
         self.slots: list[C | None] = [None] * batch_size
         self.lock = threading.Lock()
         self.wake = threading.Event()
+        self.backlog = False  # set by iterate(): input for another step is already queued
         self.ready = False
         self.error: str | None = None  # set when the module gave up (fatal failure)
         self.restarts = 0  # model loop rebuilds after a failure
@@ -222,7 +224,7 @@ class ModelModule(Generic[C]):
                 last_step = 0.0
                 while not self._stop.is_set():
                     wait = last_step + self.min_step_interval_s - time.monotonic()
-                    if wait > 0:
+                    if wait > 0 and not self.backlog:
                         self._stop.wait(wait)
                     self.wake.clear()
                     start = time.monotonic()

@@ -98,6 +98,11 @@ class SttChannel(Channel):
         return max(0, self._available - self._prefix_left)
 
     @property
+    def has_frame(self) -> bool:
+        """A whole frame is queued (read without the lock: a hint for the model thread)."""
+        return self._available >= FRAME_SIZE
+
+    @property
     def full(self) -> bool:
         """The queue is over its bound: the connection should stop reading for a while."""
         return self.buffered >= self.max_buffered_samples
@@ -286,6 +291,7 @@ class SttModule(ModelModule[SttChannel]):
         self._active_np[:] = False
         self._feed_np[:] = False
         work: list[tuple[SttChannel, bool, float | None]] = []
+        backlog = False
         for c in channels:
             if c is None or c.closed or c.done or c.failed:
                 continue
@@ -300,9 +306,11 @@ class SttModule(ModelModule[SttChannel]):
             if isinstance(item, np.ndarray):
                 self._pcm_np[c.slot] = item
                 self._feed_np[c.slot] = True
+                backlog = backlog or c.has_frame
                 work.append((c, True, c.frame_arrival))
             else:
                 work.append((c, False, None))
+        self.backlog = backlog
         if not work:
             return False
         start = time.perf_counter()
