@@ -277,14 +277,18 @@ _LOADTEST = (
 )
 
 
-def external_load(url: str, n: int, seconds: float, late_ms: float, procs: int) -> LoadtestReport:
-    """``n`` sessions from ``procs`` separate ``dsm loadtest`` processes; merged report."""
+def external_load(
+    url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float = 1.0
+) -> LoadtestReport:
+    """``n`` sessions from ``procs`` separate ``dsm loadtest`` processes (audio at ``speed``
+    times real time); merged report."""
     shares = [n // procs + (i < n % procs) for i in range(procs)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _LOADTEST, "loadtest", "--url", url, "--api-key", "", "-n",
-             str(k), "--seconds", str(seconds), "--late-ms", str(late_ms), "--json"],
+             str(k), "--seconds", str(seconds), "--late-ms", str(late_ms), "--speed", str(speed),
+             "--json"],
             stdout=subprocess.PIPE, env=env,
         )
         for k in shares if k

@@ -6,7 +6,14 @@ import msgpack
 import numpy as np
 import pytest
 
-from dsm.server.protocol import AudioIn, MarkerIn, ProtocolError, encode, parse_stt_message
+from dsm.server.protocol import (
+    AudioIn,
+    MarkerIn,
+    ProtocolError,
+    encode,
+    encode_audio,
+    parse_stt_message,
+)
 
 
 @pytest.mark.parametrize("n", [0, 3, 15, 16, 1920, 24000, 70000])
@@ -47,3 +54,15 @@ def test_marker_and_encode_types() -> None:
                                     "buffered_pcm": 0}  # fmt: skip
     word = encode({"type": "Word", "text": "hé", "start_time": 1.04})
     assert b"\xcb" in word and msgpack.unpackb(word)["start_time"] == 1.04  # float64
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 1920, 65535, 65536, 70000])
+def test_encode_audio_equals_generic_encoding(n: int) -> None:
+    """The numpy writer gives the bytes of the generic encoder and of Kyutai's clients
+    (``msgpack.packb(..., use_single_float=True)``), at every array-header size."""
+    pcm = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    fast = encode_audio(pcm)
+    assert fast == encode({"type": "Audio", "pcm": pcm.tolist()})
+    assert fast == msgpack.packb({"type": "Audio", "pcm": pcm.tolist()}, use_single_float=True)
+    parsed = parse_stt_message(fast)
+    assert isinstance(parsed, AudioIn) and np.array_equal(parsed.pcm, pcm)

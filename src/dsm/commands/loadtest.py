@@ -41,8 +41,7 @@ from dsm.errors import DsmError
 from dsm.extras import require
 from dsm.frames import FRAME_SIZE, SAMPLE_RATE
 
-__all__ = ["LoadtestReport", "add_parser", "encode_audio_message", "latency_table", "percentiles",
-           "run", "run_loadtest"]  # fmt: skip
+__all__ = ["LoadtestReport", "add_parser", "latency_table", "percentiles", "run", "run_loadtest"]
 
 FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
 FLUSH_FRAMES = 12  # silence frames per flush message (0.96 s)
@@ -64,6 +63,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per session")
     parser.add_argument("--audio", default=None, help="audio file to stream, looped (None: noise)")
     parser.add_argument("--late-ms", type=float, default=250.0, help="lateness threshold")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="send audio at this multiple of real time (below 1 when the clients cannot keep "
+        "up with many sessions; the server's cost per frame does not depend on it)",
+    )
     parser.add_argument(
         "--model-delay-ms", type=float, default=None,
         help="the STT model's text delay, subtracted from word latencies (None: the "
@@ -166,25 +172,6 @@ def latency_table(rows: list[tuple[str, dict[str, float]]]) -> list[str]:
 
 # -- audio ------------------------------------------------------------------------------------
 
-_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"  # {"type": "Audio", "pcm": ...} as clients pack
-_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
-
-
-def encode_audio_message(pcm: np.ndarray) -> bytes:
-    """``{"type": "Audio", "pcm": [...]}`` with float32 samples, the bytes Kyutai's clients send
-    (``msgpack.packb(..., use_single_float=True)``), built without a Python float per sample."""
-    n = int(pcm.shape[0])
-    if n < 16:
-        header = bytes([0x90 | n])
-    elif n < 1 << 16:
-        header = b"\xdc" + n.to_bytes(2, "big")
-    else:
-        header = b"\xdd" + n.to_bytes(4, "big")
-    items = np.empty(n, dtype=_F32_ITEM)
-    items["tag"] = 0xCA
-    items["value"] = pcm
-    return _AUDIO_PREFIX + header + items.tobytes()
-
 
 def _audio(path: str | None, seconds: float, seed: int) -> np.ndarray:
     samples = int(seconds * SAMPLE_RATE)
@@ -204,7 +191,9 @@ def _audio(path: str | None, seconds: float, seed: int) -> np.ndarray:
 def _frames(audio: np.ndarray) -> list[bytes]:
     """One Audio message per whole 1920-sample frame (a partial last frame is dropped)."""
     n = audio.shape[0] // FRAME_SIZE
-    return [encode_audio_message(audio[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
+    from dsm.server.protocol import encode_audio  # msgpack: imported once the command runs
+
+    return [encode_audio(audio[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]) for i in range(n)]
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -228,11 +217,17 @@ class _SttResult:
 
 
 async def _stt_session(
-    http: Any, url: str, headers: dict[str, str], frames: list[bytes], timeout: float
+    http: Any,
+    url: str,
+    headers: dict[str, str],
+    frames: list[bytes],
+    timeout: float,
+    speed: float = 1.0,
 ) -> _SttResult:
     import aiohttp
 
     from dsm.server.client import open_session, unpack_message
+    from dsm.server.protocol import encode_audio
 
     result = _SttResult()
     sent_at: list[float] = []  # send time of every frame, audio then flush silence
@@ -271,7 +266,7 @@ async def _stt_session(
         try:
             t0 = time.monotonic()
             for i, payload in enumerate(frames):  # real time, on an absolute schedule
-                delay = t0 + i * FRAME_SECONDS - time.monotonic()
+                delay = t0 + i * FRAME_SECONDS / speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if receiver.done():
@@ -280,7 +275,7 @@ async def _stt_session(
                 sent_at.append(time.monotonic())
                 result.frames += 1
             await ws.send_bytes(_pack({"type": "Marker", "id": MARKER_ID}))
-            silence = encode_audio_message(np.zeros(FLUSH_FRAMES * FRAME_SIZE, np.float32))
+            silence = encode_audio(np.zeros(FLUSH_FRAMES * FRAME_SIZE, np.float32))
             flushed = 0.0
             while not receiver.done() and flushed < FLUSH_LIMIT_SECONDS:
                 await ws.send_bytes(silence)
@@ -395,6 +390,7 @@ async def run_loadtest(
     tts_text: str = "Hello there.",
     model_delay_seconds: float | None = None,
     timeout: float = 60.0,
+    speed: float = 1.0,
 ) -> LoadtestReport:
     """Run the load and return the measurements (see the module docstring)."""
     import aiohttp
@@ -415,9 +411,11 @@ async def run_loadtest(
 
         async def one_stt(i: int) -> None:
             # Stagger the starts over one frame so that sessions don't arrive in lockstep.
-            await asyncio.sleep(FRAME_SECONDS * i / max(1, sessions))
+            await asyncio.sleep(FRAME_SECONDS / speed * i / max(1, sessions))
             try:
-                stt_results.append(await _stt_session(http, url, headers, payloads[i], timeout))
+                stt_results.append(
+                    await _stt_session(http, url, headers, payloads[i], timeout, speed)
+                )
             except (DsmError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 stt_results.append(_SttResult(error=f"{type(exc).__name__}: {exc}"))
 
@@ -482,14 +480,14 @@ def _fill_stt(
 def run(args: argparse.Namespace) -> int:
     """Run ``dsm loadtest``; exit status 1 when any session failed or a frame was late."""
     require("dsm loadtest", "aiohttp", "msgpack")
-    if args.sessions < 0 or args.seconds <= 0 or args.tts_sessions < 0:
-        raise DsmError("--sessions and --tts-sessions must be >= 0 and --seconds positive")
+    if args.sessions < 0 or args.seconds <= 0 or args.tts_sessions < 0 or args.speed <= 0:
+        raise DsmError("--sessions and --tts-sessions must be >= 0, --seconds and --speed positive")
     delay = None if args.model_delay_ms is None else args.model_delay_ms / 1000
     report = asyncio.run(
         run_loadtest(
             args.url, args.sessions, args.seconds, api_key=args.api_key, audio_path=args.audio,
             late_seconds=args.late_ms / 1000, tts_sessions=args.tts_sessions,
-            tts_text=args.tts_text, model_delay_seconds=delay,
+            tts_text=args.tts_text, model_delay_seconds=delay, speed=args.speed,
         )
     )  # fmt: skip
     if args.json:

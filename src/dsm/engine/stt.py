@@ -38,7 +38,7 @@ import torch
 from dsm.checkpoint.sources import public_model_id
 from dsm.engine.events import ChannelEvent, FrameDone, MarkerDone, StreamDone
 from dsm.engine.metrics import ServerMetrics
-from dsm.engine.slots import Channel, ModelModule
+from dsm.engine.slots import Channel, ModelModule, Outbox
 from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
@@ -96,6 +96,11 @@ class SttChannel(Channel):
     def buffered(self) -> int:
         """Client samples queued and not yet consumed by the model."""
         return max(0, self._available - self._prefix_left)
+
+    @property
+    def has_frame(self) -> bool:
+        """A whole frame is queued (read without the lock: a hint for the model thread)."""
+        return self._available >= FRAME_SIZE
 
     @property
     def full(self) -> bool:
@@ -214,6 +219,7 @@ class SttModule(ModelModule[SttChannel]):
 
     name = "stt"
     kind = "batched_asr"
+    min_step_interval_s = 0.005  # frames are 80 ms apart per stream: gather them (ModelModule)
 
     def __init__(
         self,
@@ -235,9 +241,16 @@ class SttModule(ModelModule[SttChannel]):
         self.warmup_steps = warmup_steps
         self.engine = SttEngine(stt.codec, stt.lm, batch_size)
         B = batch_size
-        self._pcm = torch.zeros(B, FRAME_SIZE, dtype=torch.float32)
-        self._active = torch.zeros(B, dtype=torch.bool)
-        self._feed = torch.zeros(B, dtype=torch.bool)
+        # Filled per slot through numpy views (a numpy item store costs a fraction of a torch
+        # one); the tensors share their memory.
+        self._pcm_np = np.zeros((B, FRAME_SIZE), dtype=np.float32)
+        self._active_np = np.zeros(B, dtype=np.bool_)
+        self._feed_np = np.zeros(B, dtype=np.bool_)
+        self._pcm = torch.from_numpy(self._pcm_np)
+        self._active = torch.from_numpy(self._active_np)
+        self._feed = torch.from_numpy(self._feed_np)
+        self._outbox = Outbox()
+        self._device = stt.codec.device
         self.last_step_seconds = 0.0
         metrics.gauge("asr_open_channels", "occupied STT slots", lambda: self.used_slots)
         self.on_release = self._released
@@ -275,10 +288,10 @@ class SttModule(ModelModule[SttChannel]):
             self.engine.start_slot([ch.slot for ch in fresh])
             for ch in fresh:
                 ch.started = True
-        self._pcm.zero_()
-        self._active.zero_()
-        self._feed.zero_()
+        self._active_np[:] = False
+        self._feed_np[:] = False
         work: list[tuple[SttChannel, bool, float | None]] = []
+        backlog = False
         for c in channels:
             if c is None or c.closed or c.done or c.failed:
                 continue
@@ -289,17 +302,20 @@ class SttModule(ModelModule[SttChannel]):
                 continue
             if item is None:
                 continue
-            self._active[c.slot] = True
+            self._active_np[c.slot] = True
             if isinstance(item, np.ndarray):
-                self._pcm[c.slot] = torch.from_numpy(item)
-                self._feed[c.slot] = True
+                self._pcm_np[c.slot] = item
+                self._feed_np[c.slot] = True
+                backlog = backlog or c.has_frame
                 work.append((c, True, c.frame_arrival))
             else:
                 work.append((c, False, None))
+        self.backlog = backlog
         if not work:
             return False
         start = time.perf_counter()
-        out = self.engine.step(self._pcm.to(self.stt.codec.device), self._active, self._feed)
+        # Rows of idle slots keep old audio: the engine ignores rows that are not fed.
+        out = self.engine.step(self._pcm.to(self._device), self._active, self._feed)
         self.last_step_seconds = time.perf_counter() - start
         self.metrics.asr_step.observe(self.last_step_seconds)
         self.steps += 1
@@ -315,9 +331,10 @@ class SttModule(ModelModule[SttChannel]):
             except Exception as exc:
                 self.fail_channel(c, exc)
                 continue
-            c.deliver(events)
+            self._outbox.add(c, events)
             if arrival is not None and fed:
                 self.metrics.asr_frame_latency.observe(now - arrival)
+        self._outbox.flush()
         return True
 
     def info(self) -> dict[str, str]:

@@ -38,7 +38,7 @@ import torch
 
 from dsm.checkpoint.sources import public_model_id
 from dsm.engine.metrics import ServerMetrics
-from dsm.engine.slots import END, Channel, ModelModule
+from dsm.engine.slots import END, Channel, ModelModule, Outbox
 from dsm.errors import DsmError
 from dsm.tts.entries import Entry, TextEntries, TextError
 from dsm.tts.stream import TtsStream
@@ -198,6 +198,7 @@ class TtsModule(ModelModule[TtsChannel]):
         self.catalog: VoiceCatalog | None = None  # built at warm-up
         self.voice_shape: tuple[int, int, int] | None = None  # every slot's embedding shape
         self._bound: list[TtsChannel | None] = [None] * batch_size
+        self._outbox = Outbox()  # one wake-up of the event loop per step
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
         self.on_release = self._released
 
@@ -336,11 +337,11 @@ class TtsModule(ModelModule[TtsChannel]):
         first_audio = channel.stream.frames == 0 and out.pcm is not None
         if first_audio and channel.first_text_at is not None:
             self.metrics.tts_first_audio.observe(time.monotonic() - channel.first_text_at)
-        channel.deliver(list(channel.stream.events(out)))
+        self._outbox.add(channel, list(channel.stream.events(out)))
         if out.done:
             channel.done = True
             self._bound[out.slot] = None
-            channel.deliver(END)
+            self._outbox.add(channel, END)
 
     def iterate(self) -> bool:
         with self.lock:
@@ -380,6 +381,7 @@ class TtsModule(ModelModule[TtsChannel]):
                 self._route(channel, out)
             except Exception as exc:
                 self._drop(channel, exc)
+        self._outbox.flush()
         return True
 
     def info(self) -> dict[str, str]:

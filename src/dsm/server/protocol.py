@@ -70,6 +70,13 @@ class OggOpusIn:
     data: bytes
 
 
+# The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
+# they write it): a 2-entry map, then the pcm array header.
+_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
+_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
+_F32_TAG = b"\xca"
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One outgoing message as msgpack bytes (float32 arrays, float64 scalars)."""
     if len(message) >= 16:
@@ -83,8 +90,20 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def encode_audio(pcm: np.ndarray) -> bytes:
-    """``{"type": "Audio", "pcm": [...]}`` with float32 samples."""
-    return encode({"type": "Audio", "pcm": np.asarray(pcm, dtype=np.float32).tolist()})
+    """``{"type": "Audio", "pcm": [...]}`` with float32 samples: the bytes :func:`encode` gives
+    for that message, written straight from numpy (no Python float per sample)."""
+    samples = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    count = samples.shape[0]
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    items = np.empty(count, dtype=_F32_ITEM)
+    items["tag"] = _F32_TAG[0]
+    items["value"] = samples
+    return _AUDIO_PREFIX + header + items.tobytes()
 
 
 def error(message: str) -> bytes:
@@ -128,12 +147,6 @@ def float_array(value: Any, name: str = "pcm") -> np.ndarray:
     return array
 
 
-# The exact bytes Kyutai's clients produce for ``{"type": "Audio", "pcm": [...]}`` (key order as
-# they write it): a 2-entry map, then the pcm array header.
-_AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
-_F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
-
-
 def _fast_audio(data: bytes) -> np.ndarray | None:
     """Decode the common Audio message straight into numpy (no Python float per sample).
 
@@ -153,11 +166,9 @@ def _fast_audio(data: bytes) -> np.ndarray | None:
         count, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
     else:
         return None
-    if len(data) - pos != 5 * count:
-        return None
-    items = np.frombuffer(data, dtype=_F32_ITEM, count=count, offset=pos)
-    if not (items["tag"] == 0xCA).all():
+    if len(data) - pos != 5 * count or data[pos::5] != _F32_TAG * count:
         return None  # float64 or integer samples: the generic path converts them
+    items = np.frombuffer(data, dtype=_F32_ITEM, count=count, offset=pos)
     pcm = items["value"].astype(np.float32)
     if not np.isfinite(pcm).all():
         raise ProtocolError('"pcm" contains NaN or infinite samples')

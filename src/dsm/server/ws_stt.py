@@ -38,7 +38,7 @@ from dsm.server.protocol import (
     parse_stt_message,
 )
 from dsm.server.state import SERVER_KEY, DsmServer
-from dsm.server.ws_io import off_loop, receive_before
+from dsm.server.ws_io import IdleDeadline, off_loop
 
 __all__ = ["NO_FREE_CHANNELS", "add_routes", "handle_stt_websocket"]
 
@@ -84,41 +84,55 @@ async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: Dsm
 
 async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
     idle = server.config.stt.idle_timeout_s
-    loop = asyncio.get_running_loop()
-    last_audio = loop.time()
+
+    def expire() -> None:
+        # The sender then closes the socket, which ends the ``ws.receive()`` below.
+        server.metrics.inc("dsm_timeouts")
+        channel.fail(f"no audio received for {idle:g} s: closing the connection", "client")
+
+    deadline = IdleDeadline(idle, expire)
     parser = SttInput()  # keeps the connection's Ogg Opus decoder
-    while not ws.closed and not channel.closed and not channel.failed:
-        if channel.full:
-            while channel.full and not ws.closed:
-                await asyncio.sleep(0.01)
-            last_audio = loop.time()  # waiting for the model is not the client's idleness
-        try:
-            msg = await receive_before(ws, last_audio + idle)
-        except asyncio.TimeoutError:
-            server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no audio received for {idle:g} s: closing the connection", "client")
-            return
-        if msg.type == WSMsgType.BINARY:
-            try:
-                parsed = await _parse(parser, msg.data, server)
-            except ProtocolError as exc:
-                server.metrics.inc("dsm_protocol_errors")
-                channel.fail(str(exc), "client")
+    try:
+        while not ws.closed and not channel.closed and not channel.failed:
+            if channel.full:
+                deadline.pause()  # waiting for the model is not the client's idleness
+                while channel.full and not ws.closed:
+                    await asyncio.sleep(0.01)
+                deadline.touch()
+            msg = await ws.receive()
+            if channel.failed:
                 return
-            if isinstance(parsed, AudioIn):
-                channel.push_audio(parsed.pcm)
-                if parsed.pcm.size:
-                    last_audio = loop.time()
-                server.stt_module_or_fail().wake.set()
-            elif isinstance(parsed, MarkerIn):
-                channel.push_marker(parsed.id)
-                server.stt_module_or_fail().wake.set()
-        elif msg.type == WSMsgType.TEXT:
-            continue  # upstream ignores text frames on the STT socket
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. a message over max_msg_size)
-            if msg.type == WSMsgType.ERROR:
-                server.metrics.inc("dsm_protocol_errors")
-            return
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    parsed = await _parse(parser, msg.data, server)
+                except ProtocolError as exc:
+                    server.metrics.inc("dsm_protocol_errors")
+                    channel.fail(str(exc), "client")
+                    return
+                if isinstance(parsed, AudioIn):
+                    channel.push_audio(parsed.pcm)
+                    if parsed.pcm.size:
+                        deadline.touch()
+                    _wake(server)
+                elif isinstance(parsed, MarkerIn):
+                    channel.push_marker(parsed.id)
+                    _wake(server)
+            elif msg.type == WSMsgType.TEXT:
+                continue  # upstream ignores text frames on the STT socket
+            else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. a message over max_msg_size)
+                if msg.type == WSMsgType.ERROR:
+                    server.metrics.inc("dsm_protocol_errors")
+                return
+    finally:
+        deadline.cancel()
+
+
+def _wake(server: DsmServer) -> None:
+    # The model thread clears ``wake`` before it reads the channels, so a set flag means the
+    # input just queued will be seen; skipping the set saves a lock per message.
+    wake = server.stt_module_or_fail().wake
+    if not wake.is_set():
+        wake.set()
 
 
 async def _parse(parser: SttInput, data: bytes, server: DsmServer) -> AudioIn | MarkerIn | None:

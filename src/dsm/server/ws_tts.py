@@ -44,9 +44,16 @@ from dsm.engine.events import ChannelError
 from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.tts import TtsChannel, TtsModule
 from dsm.server.closing import end_session
-from dsm.server.protocol import ProtocolError, encode, error, float_array, message_of
+from dsm.server.protocol import (
+    ProtocolError,
+    encode,
+    encode_audio,
+    error,
+    float_array,
+    message_of,
+)
 from dsm.server.state import SERVER_KEY, DsmServer
-from dsm.server.ws_io import off_loop, receive_before
+from dsm.server.ws_io import IdleDeadline, off_loop
 from dsm.tts.voices import VoiceError
 
 if TYPE_CHECKING:
@@ -159,7 +166,7 @@ class TtsWire:
                 return self._ogg(data) if data else None
             if self.format == "Pcm":
                 return pcm.astype("<f4").tobytes()
-            return encode({"type": "Audio", "pcm": pcm.tolist()})
+            return encode_audio(pcm)
         return encode(message) if self.msgpack else None
 
     def end(self) -> bytes | None:
@@ -204,28 +211,36 @@ async def _receive_loop(
     ws: web.WebSocketResponse, channel: TtsChannel, module: TtsModule, server: DsmServer
 ) -> None:
     idle = server.config.tts.idle_timeout_s
-    loop = asyncio.get_running_loop()
-    last_text = loop.time()
-    while not ws.closed and not channel.closed and not channel.failed:
-        try:
-            # After Eos the client only waits for audio: no idle limit then.
-            msg = await receive_before(ws, None if channel.eos else last_text + idle)
-        except asyncio.TimeoutError:
-            server.metrics.inc("dsm_timeouts")
-            channel.fail(f"no text received for {idle:g} s: closing the connection", "client")
-            return
-        if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
-            try:
-                kind, value = ("text", msg.data) if msg.type == WSMsgType.TEXT else _parse(msg.data)
-                if kind == "text" and value.strip():
-                    last_text = loop.time()
-                await _apply(kind, value, channel, module)
-            except ProtocolError as exc:
-                server.metrics.inc("dsm_protocol_errors")
-                channel.fail(str(exc), "client")
+
+    def expire() -> None:
+        # The sender then closes the socket, which ends the ``ws.receive()`` below.
+        server.metrics.inc("dsm_timeouts")
+        channel.fail(f"no text received for {idle:g} s: closing the connection", "client")
+
+    deadline = IdleDeadline(idle, expire)
+    try:
+        while not ws.closed and not channel.closed and not channel.failed:
+            msg = await ws.receive()
+            if channel.failed:
                 return
-        else:
-            return
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                try:
+                    kind, value = (
+                        ("text", msg.data) if msg.type == WSMsgType.TEXT else _parse(msg.data)
+                    )
+                    if kind == "text" and value.strip():
+                        deadline.touch()
+                    await _apply(kind, value, channel, module)
+                except ProtocolError as exc:
+                    server.metrics.inc("dsm_protocol_errors")
+                    channel.fail(str(exc), "client")
+                    return
+                if channel.eos:
+                    deadline.pause()  # after Eos the client only waits for audio
+            else:
+                return
+    finally:
+        deadline.cancel()
 
 
 async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:

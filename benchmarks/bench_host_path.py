@@ -1,0 +1,193 @@
+"""The server's host cost per STT session-frame, with a model step that costs nothing.
+
+A GPU server's step runs on the device; what the host spends per frame (WebSocket receive,
+msgpack, queues, the model thread's per-slot work, events back to the event loop, sends) is what
+bounds the number of live streams. This benchmark measures exactly that: the real server, with
+the STT engine replaced by a stub of the same interface and shapes whose step does no work
+(``--step-ms`` lets it sleep like a device step, holding neither CPU nor the interpreter lock),
+driven by ``dsm loadtest`` in several separate processes (``--client-procs``) so that the clients
+are not measured. Reported per session count:
+
+* **us/frame**: the server process's CPU time during the load (all its threads) divided by the
+  session-frames its model loop consumed; also split into event-loop thread and model thread;
+* **loop lag p99**: how late a 5 ms timer on the server's event loop fires;
+* **late frames**: frames whose ``Step`` came back more than ``--late-ms`` after they were sent.
+
+When the clients cannot send in real time (many sessions on few cores), ``--speed`` below 1 sends
+audio slower than real time; the cost per frame does not depend on it, the late frames do.
+
+    python benchmarks/bench_host_path.py --sessions 64 256 1024 --speed 1 0.5 0.125
+
+Numbers from a shared machine are noisy: compare ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import dsm.engine.stt as engine_stt
+from benchmarks.bench_server import ServerThread, StubEngine, build_stt, external_load
+from dsm.stt.engine import EngineStep
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ZeroCostEngine(StubEngine):
+    """:class:`StubEngine` whose step takes ``step_seconds`` of sleep (0: none) and counts the
+    session-frames it consumed."""
+
+    step_seconds = 0.0
+    frames = 0
+
+    def step(self, pcm: torch.Tensor, active: torch.Tensor, feed: torch.Tensor) -> EngineStep:
+        type(self).frames += int((active & feed).sum())
+        return super().step(pcm, active, feed)
+
+
+def thread_cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of this process, by native thread id."""
+    out: dict[int, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return out
+
+
+class LagMonitor:
+    """Measures how late a short timer fires on an event loop (from that loop's thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float = 0.005) -> None:
+        self.period = period
+        self.lags: list[float] = []
+        self._running = True
+        self._future = asyncio.run_coroutine_threadsafe(self._watch(), loop)
+
+    async def _watch(self) -> None:
+        while self._running:
+            start = time.monotonic()
+            await asyncio.sleep(self.period)
+            self.lags.append(time.monotonic() - start - self.period)
+
+    def take(self) -> list[float]:
+        lags, self.lags = self.lags, []
+        return lags
+
+    def stop(self) -> None:
+        self._running = False
+        self._future.result(5)
+
+
+def model_thread_ids(server: ServerThread) -> set[int]:
+    """Native ids of the model-module threads (the server loop's thread is ``server.thread``)."""
+    return {
+        t.native_id
+        for t in threading.enumerate()
+        if t.native_id is not None and t is not server.thread and "stt" in t.name.lower()
+    }
+
+
+def measure(
+    server: ServerThread, lag: LagMonitor, sessions: int, seconds: float, speed: float, args: Any
+) -> dict[str, Any]:
+    url = f"ws://127.0.0.1:{server.running.port}"
+    loop_tid = server.thread.native_id
+    models = model_thread_ids(server)
+    lag.take()
+    frames0, cpu0, wall0 = ZeroCostEngine.frames, thread_cpu_seconds(), time.monotonic()
+    report = external_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
+    frames, cpu1 = ZeroCostEngine.frames - frames0, thread_cpu_seconds()
+    wall = time.monotonic() - wall0
+    spent = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
+    total = sum(spent.values())
+    on_loop = spent.get(loop_tid or -1, 0.0)
+    on_model = sum(spent.get(tid, 0.0) for tid in models)
+    lags = lag.take()
+    per = 1e6 / max(1, frames)
+    return {
+        "sessions": sessions,
+        "speed": speed,
+        "frames": frames,
+        "frames_per_s": frames / wall,
+        "us_frame": total * per,
+        "us_loop": on_loop * per,
+        "us_model": on_model * per,
+        "cpu_cores": total / wall,
+        "lag_p99_ms": 1e3 * float(np.percentile(lags, 99)) if lags else float("nan"),
+        "late": report.late_frames,
+        "errors": len(report.errors),
+        "completed": report.completed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument(
+        "--speed",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="audio speed per session count (one value: all), 1 = real time",
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="audio per session")
+    parser.add_argument("--step-ms", type=float, default=0.0, help="stub step sleep")
+    parser.add_argument("--late-ms", type=float, default=250.0)
+    parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=None, help="default: most sessions")
+    args = parser.parse_args()
+    speeds = args.speed * len(args.sessions) if len(args.speed) == 1 else args.speed
+    if len(speeds) != len(args.sessions):
+        parser.error("give one --speed, or one per --sessions value")
+    torch.set_num_threads(1)
+    ZeroCostEngine.step_seconds = args.step_ms / 1000
+    engine_stt.SttEngine = ZeroCostEngine  # type: ignore[misc]
+    stt = build_stt(1, "cpu", torch.float32, tiny=True)
+    slots = args.slots or max(args.sessions)
+    server = ServerThread(stt, slots)
+    lag = LagMonitor(server.loop)
+    rows = []
+    try:
+        for sessions, speed in zip(args.sessions, speeds, strict=True):
+            rows.append(measure(server, lag, sessions, args.seconds, speed, args))
+            print(f"  measured {sessions} sessions", file=sys.stderr)
+    finally:
+        lag.stop()
+        server.stop()
+    print(
+        f"\nHost cost per STT session-frame (zero-cost model step, step sleep {args.step_ms:g} "
+        f"ms, {slots} slots, {args.client_procs} client processes, {os.cpu_count()} cores)\n"
+    )
+    print(
+        "| sessions | speed | frames/s | us/frame | loop us | model us | server cores "
+        "| loop lag p99 ms | late | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['sessions']} | {r['speed']:g} | {r['frames_per_s']:.0f} | {r['us_frame']:.1f} "
+            f"| {r['us_loop']:.1f} | {r['us_model']:.1f} | {r['cpu_cores']:.2f} "
+            f"| {r['lag_p99_ms']:.1f} | {r['late']} | {r['errors']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
