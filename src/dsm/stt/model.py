@@ -388,7 +388,9 @@ class SpeechToText:
         targets: list[AlignTarget] = []
         for index, (item, text) in enumerate(items):
             try:
-                pcm = load_audio(item, sample_rate=sample_rate)
+                # Files carry their own rate: sample_rate applies to arrays only.
+                rate = None if isinstance(item, (str, Path)) else sample_rate
+                pcm = load_audio(item, sample_rate=rate)
                 target = align_target(
                     self.tokenizer, text, plan, int(pcm.shape[0]), padding_id=self.padding_id
                 )
