@@ -25,6 +25,8 @@ OPTIONAL_MODULES: dict[str, str] = {
     "jiwer": "eval",
     "whisper_normalizer": "eval",
     "datasets": "eval",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 
