@@ -199,6 +199,7 @@ class TtsModule(ModelModule[TtsChannel]):
         self.voice_shape: tuple[int, int, int] | None = None  # every slot's embedding shape
         self._bound: list[TtsChannel | None] = [None] * batch_size
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
+        metrics.gauge("dsm_tts_free_slots", "free TTS slots", lambda: self.free_slots)
         self.on_release = self._released
 
     def new_channel(
