@@ -92,9 +92,10 @@ def replicas(
     try:
         for _ in range(2):
             port = _free_port()
-            cmd = [sys.executable, "-m", "dsm", "serve", "--config", str(config), "--stt-model",
-                   str(server_stt_dir), "--host", "127.0.0.1", "--port", str(port),
-                   "--batch-size", str(SLOTS), "--device", "cpu", "--log-level", "error"]  # fmt: skip
+            cmd = [sys.executable, "-m", "dsm", "serve", "--config", str(config),
+                   "--stt-model", str(server_stt_dir), "--host", "127.0.0.1", "--port",
+                   str(port), "--batch-size", str(SLOTS), "--device", "cpu",
+                   "--log-level", "error"]  # fmt: skip
             out.append((port, subprocess.Popen(cmd, env=env)))
         for port, proc in out:
             _wait_healthy(port, proc)
@@ -156,7 +157,7 @@ def _connects(port: int) -> int:
 def test_replicas_behind_haproxy(
     replicas: list[tuple[int, subprocess.Popen[bytes]]], balancer: int
 ) -> None:
-    pcms = [audio(4.0, seed=30 + i) for i in range(4)]
+    pcms = [audio(2.0, seed=30 + i) for i in range(4)]
     direct = f"ws://127.0.0.1:{replicas[0][0]}"
     front = f"ws://127.0.0.1:{balancer}"
     (stopped_port, stopped), (survivor_port, _) = replicas
@@ -173,9 +174,9 @@ def test_replicas_behind_haproxy(
             assert all(reference), "the tiny model should give words to compare"
             base_connects = _connects(survivor_port)
 
-            # Four real-time sessions fill both replicas (least connections: two each).
+            # Four sessions paced at half real time (4 s each) fill both replicas (least connections: two each).
             sessions = [
-                asyncio.create_task(stt_session(front, _chunks(p), rtf=1.0, session=http))
+                asyncio.create_task(stt_session(front, _chunks(p), rtf=0.5, session=http))
                 for p in pcms
             ]
             deadline = time.monotonic() + 10
