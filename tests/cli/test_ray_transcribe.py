@@ -94,9 +94,7 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("clip*")}
     inputs = [str(bad), *(str(f) for f in files)]
     opts = BatchOptions(inputs=inputs, out_dir=out, formats=("txt", "json", "srt", "vtt"),
-                        model={"model": str(stt_dir), "device": "cpu", "revision": None,
-                               "dtype": None, "config": None, "lm_weights": None,
-                               "mimi_weights": None, "tokenizer": None},
+                        model={"model": str(stt_dir), "device": "cpu"},
                         actors=1, progress=False)  # fmt: skip
     again = run_batch(opts)
     assert (again.skipped, again.done, again.failed) == (3, 0, 1)
@@ -106,3 +104,22 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     done = run_batch(BatchOptions(**{**opts.__dict__, "inputs": inputs[1:]}))
     assert (done.skipped, done.done, done.failed, done.actors) == (3, 0, 0, 0)
     assert {p: p.stat().st_mtime_ns for p in out.glob("clip*")} == stamps
+
+
+def test_eval_on_ray_gives_the_local_hypotheses(
+    local_ray: None, stt_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("jiwer", reason="dsm eval needs pip install 'dsm[eval]'")
+    files = _inputs(tmp_path / "audio")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(f), "text": "a b"}) + "\n" for f in files))
+    model = ["--model", str(stt_dir), "--device", "cpu", "-q", "--batch-size", "3"]
+    assert main(["eval", str(manifest), "--out-dir", str(tmp_path / "local"), *model]) == 0
+    ray_args = ["--ray", "--actors", "2", "--out-dir", str(tmp_path / "ray")]
+    assert main(["eval", str(manifest), *ray_args, *model]) == 0
+
+    def hyps(folder: str) -> list[str]:
+        lines = (tmp_path / folder / "results.jsonl").read_text().splitlines()
+        return [json.loads(line)["hyp"] for line in lines]
+
+    assert hyps("ray") == hyps("local") and any(hyps("local"))

@@ -174,7 +174,7 @@ def test_replicas_behind_haproxy(
             assert all(reference), "the tiny model should give words to compare"
             base_connects = _connects(survivor_port)
 
-            # Four sessions paced at half real time (4 s each) fill both replicas (least connections: two each).
+            # Four sessions at half real time (4 s each) fill both replicas (leastconn: 2 each).
             sessions = [
                 asyncio.create_task(stt_session(front, _chunks(p), rtf=0.5, session=http))
                 for p in pcms

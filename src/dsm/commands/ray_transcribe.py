@@ -33,7 +33,7 @@ from dsm.commands.outputs import output_names
 from dsm.errors import DsmError
 from dsm.extras import import_optional
 
-__all__ = ["BatchOptions", "BatchSummary", "Transcriber", "run_batch"]
+__all__ = ["BatchOptions", "BatchSummary", "Transcriber", "actor_pool", "connect", "run_batch"]
 
 PURPOSE = "dsm transcribe --ray"
 
@@ -45,7 +45,8 @@ class BatchOptions:
     inputs: Sequence[str]
     out_dir: Path
     formats: Sequence[str] = ("txt",)
-    model: dict[str, Any] = field(default_factory=dict)  # dsm.commands.model_args options
+    # dsm.commands.model_args options ("model", "device", ...); those absent take their defaults
+    model: dict[str, Any] = field(default_factory=dict)
     table: str = "jsonl"
     actors: int | None = None  # None: one per GPU, or one on a CPU cluster
     batch_size: int = 8  # streams batched together inside an actor
@@ -78,12 +79,15 @@ class Transcriber:
     ) -> None:  # fmt: skip
         import torch
 
+        from dsm.commands.ray_args import model_options
         from dsm.commands.transcribe import load_from_args
 
         if threads is not None:
             torch.set_num_threads(max(1, threads))
         began = time.monotonic()
-        self.stt = load_from_args(argparse.Namespace(**model))
+        # Options not given take their command-line defaults.
+        options = {**model_options(argparse.Namespace()), **model}
+        self.stt = load_from_args(argparse.Namespace(**options))
         self.load_seconds = time.monotonic() - began
         self.formats = list(formats)
         self.batch_size = batch_size
@@ -154,6 +158,10 @@ class Transcriber:
 _COLUMNS = ("index", "error", "record", "duration", "rendered", "timings", "actor")
 
 
+def _absolute(item: str) -> str:
+    return item if is_url(item) else str(Path(item).absolute())
+
+
 def _local_copy(item: str, tmp: Path, i: int) -> str:
     """A local path for ``item``: itself, or a download of a URL (through ``pyarrow.fs``)."""
     if not is_url(item):
@@ -170,7 +178,7 @@ def _local_copy(item: str, tmp: Path, i: int) -> str:
     return str(target)
 
 
-def _connect(ray: Any, address: str | None) -> bool:
+def connect(ray: Any, address: str | None) -> bool:
     """Join ``address`` (or start a local Ray); True when this run started it."""
     if ray.is_initialized():
         return False
@@ -181,14 +189,17 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _pool(ray: Any, opts: BatchOptions) -> tuple[int, dict[str, Any], int | None]:
-    """Actor count, their resources, and torch threads per actor (CPU actors)."""
+def actor_pool(
+    ray: Any, actors: int | None, cpus_per_actor: float | None = None
+) -> tuple[int, dict[str, Any], int | None]:
+    """Actor count (default: one per GPU, or one), each actor's resources (``num_gpus=1`` on a
+    cluster with GPUs, else a share of the CPUs), and torch threads per actor (CPU actors)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    actors = opts.actors or max(1, gpus)
+    actors = actors or max(1, gpus)
     if gpus:
         return actors, {"num_gpus": 1}, None
-    cpus = opts.cpus_per_actor or max(1.0, float(int(resources.get("CPU", 1)) // actors))
+    cpus = cpus_per_actor or max(1.0, float(int(resources.get("CPU", 1)) // actors))
     return actors, {"num_cpus": cpus}, max(1, int(cpus))
 
 
@@ -224,14 +235,15 @@ def _run_pending(
     ray: Any, opts: BatchOptions, inputs: list[str], names: list[str], pending: list[int],
     table: ResultsTable, summary: BatchSummary,
 ) -> None:  # fmt: skip
-    started = _connect(ray, opts.address)
+    started = connect(ray, opts.address)
     try:
-        actors, resources, threads = _pool(ray, opts)
+        actors, resources, threads = actor_pool(ray, opts.actors, opts.cpus_per_actor)
         summary.actors = actors
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = opts.progress
         per_call = max(1, min(2 * opts.batch_size, math.ceil(len(pending) / actors)))
-        rows = [{"index": i, "input": inputs[i]} for i in pending]
+        # Local paths made absolute: actors may run in another folder.
+        rows = [{"index": i, "input": _absolute(inputs[i])} for i in pending]
         dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_call))
         dataset = dataset.map_batches(
             Transcriber,
@@ -239,7 +251,8 @@ def _run_pending(
                 "model": opts.model, "formats": list(opts.formats),
                 "batch_size": opts.batch_size, "vad": opts.vad, "threads": threads,
             },
-            batch_size=per_call, concurrency=actors, batch_format="numpy", **resources,
+            batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_format="numpy", **resources,
         )  # fmt: skip
         bar = _bar(len(pending), opts.progress)
         try:
