@@ -1,0 +1,91 @@
+"""The inputs of ``dsm transcribe --ray`` (files, globs, folders, manifests, URLs), the
+``--ray [ADDRESS]`` value, and the results table's rerun rule (no Ray needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from dsm.commands.batch_inputs import expand_inputs, is_url
+from dsm.commands.batch_results import ResultsTable
+from dsm.commands.ray_args import ray_address
+from dsm.errors import DsmError
+
+
+def _tree(root: Path) -> list[Path]:
+    (root / "a" / "b").mkdir(parents=True)
+    files = [root / "a" / "x.wav", root / "a" / "b" / "y.flac", root / "z.mp3"]
+    for f in files:
+        f.write_bytes(b"")
+    (root / "a" / "notes.md").write_text("not audio")
+    return files
+
+
+def test_folders_globs_manifests(tmp_path: Path) -> None:
+    x, y, z = _tree(tmp_path)
+    assert expand_inputs([str(tmp_path / "a")]) == [str(y), str(x)]  # sorted, recursive
+    assert expand_inputs([str(tmp_path / "**" / "*.wav")]) == [str(x)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("z.mp3\n\n# a comment\na/x.wav\n")
+    assert expand_inputs([str(listing)]) == [str(z), str(x)]  # relative to the manifest
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": "z.mp3", "text": "t"}) + "\n"
+                        + json.dumps({"audio_filepath": str(y)}) + "\n")  # fmt: skip
+    assert expand_inputs([str(manifest), str(z)]) == [str(z), str(y)]  # each input once
+    assert expand_inputs(["missing.wav"]) == ["missing.wav"]  # fails on its own, later
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DsmError, match="holds no audio file"):
+        expand_inputs([str(tmp_path / "empty")])
+    with pytest.raises(DsmError, match="no file matches"):
+        expand_inputs([str(tmp_path / "*.wav")])
+    bad = tmp_path / "m.jsonl"
+    bad.write_text('{"path": "x.wav"}\n')
+    with pytest.raises(DsmError, match=r'm.jsonl:1: each line needs "audio"'):
+        expand_inputs([str(bad)])
+
+
+def test_urls_through_pyarrow(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="URLs need pyarrow: pip install 'dsm[ray]'")
+    x, y, z = _tree(tmp_path)
+    assert is_url("s3://bucket/key.wav") and not is_url(str(x)) and not is_url("C:/x.wav")
+    assert expand_inputs([f"file://{tmp_path / 'a'}"]) == [f"file://{y}", f"file://{x}"]
+    assert expand_inputs([f"file://{z}"]) == [f"file://{z}"]
+
+
+@pytest.mark.parametrize(
+    ("value", "address", "files"),
+    [
+        ("local", None, ["b.wav"]),
+        ("auto", "auto", ["b.wav"]),
+        ("ray://head:10001", "ray://head:10001", ["b.wav"]),
+        ("10.0.0.5:6379", "10.0.0.5:6379", ["b.wav"]),
+        ("a.wav", None, ["a.wav", "b.wav"]),  # an input argparse gave to --ray goes back
+        ("clips/", None, ["clips/", "b.wav"]),
+    ],
+)
+def test_ray_address_or_input(value: str, address: str | None, files: list[str]) -> None:
+    args = argparse.Namespace(ray=value, files=["b.wav"])
+    assert ray_address(args) == address
+    assert args.files == files
+
+
+def test_results_table_keeps_skipped_rows_only(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path)
+    table.open(set())
+    for name, ok in (("a", True), ("b", False), ("c", True)):
+        table.add({"input": name, "ok": ok})
+    table.close()
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.write('{"input": "torn')  # a killed run's last line
+    table.open({"a", "c"})  # a rerun that skips a and c, and tries b again
+    table.add({"input": "b", "ok": True})
+    table.close()
+    assert [(r["input"], r["ok"]) for r in table.rows()] == [("a", True), ("c", True), ("b", True)]
+    with pytest.raises(DsmError, match="jsonl or parquet"):
+        ResultsTable(tmp_path, "csv")
