@@ -63,8 +63,8 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     assert all(isinstance(r, Transcript) for r in expected)
     assert any(r.words for r in expected if isinstance(r, Transcript))  # words to compare
 
-    # The CLI: a folder and a file; "--ray FILE" gives FILE back to the inputs.
-    argv = ["transcribe", "--ray", str(bad), str(tmp_path / "audio"), "-o", str(out), "-f",
+    # The CLI: a file and a folder URL; "--ray FILE" gives FILE back to the inputs.
+    argv = ["transcribe", "--ray", str(bad), f"file://{tmp_path / 'audio'}", "-o", str(out), "-f",
             "all", "--model", str(stt_dir), "--device", "cpu", "--actors", "2",
             "--batch-size", "2", "--table", "parquet", "-q"]  # fmt: skip
     assert main(argv) == 1  # one input failed
@@ -78,6 +78,7 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     assert not list(out.glob("broken.*"))  # nothing written for the corrupt input
     rows = {Path(str(r["input"])).name: r for r in _rows(out)}
     assert set(rows) == {"broken.wav", *(f.name for f in files)}
+    assert str(rows["clip0.wav"]["input"]).startswith("file://")
     assert rows["broken.wav"]["ok"] is False and "broken.wav" in str(rows["broken.wav"]["error"])
     for f, result in zip(files, expected, strict=True):
         row = rows[f.name]
@@ -92,7 +93,7 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
 
     # A rerun writes no output again and tries only the failed input.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("clip*")}
-    inputs = [str(bad), *(str(f) for f in files)]
+    inputs = [str(bad), *(f"file://{f}" for f in files)]
     opts = BatchOptions(inputs=inputs, out_dir=out, formats=("txt", "json", "srt", "vtt"),
                         model={"model": str(stt_dir), "device": "cpu"},
                         actors=1, progress=False)  # fmt: skip

@@ -8,10 +8,10 @@ end of the run. A rerun keeps the rows of the inputs it skips and replaces the o
 input is tried again, and its new row replaces the old one).
 
 A row: ``input`` (as given), ``name`` (the outputs' base name), ``ok``, ``error`` (null when
-ok), ``text``, ``words`` (``[{"text", "start", "end"}]``, seconds), ``duration`` (seconds of
-audio), ``timings`` (``load_seconds``: the actor's model load; ``batch_seconds`` and
-``batch_files``: the actor call that transcribed it; ``seconds``: from that call's start to this
-input's result) and ``actor`` (``host:pid``).
+ok), ``text``, ``words`` (``[{"text", "start", "end"}]``, seconds), ``warnings`` (e.g. silent
+audio), ``duration`` (seconds of audio), ``timings`` (``load_seconds``: the actor's model
+load; ``batch_seconds`` and ``batch_files``: the actor call that transcribed it;
+``seconds``: from that call's start to this input's result) and ``actor`` (``host:pid``).
 """
 
 from __future__ import annotations

@@ -285,6 +285,7 @@ def _emit(
     out = {
         "input": inputs[index], "name": names[index], "ok": error is None, "error": error,
         "text": record.get("text"), "words": record.get("words"),
+        "warnings": record.get("warnings", []),
         "duration": float(row["duration"]) if error is None else None,
         "timings": json.loads(str(row["timings"])), "actor": str(row["actor"]),
     }  # fmt: skip
