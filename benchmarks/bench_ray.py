@@ -81,8 +81,8 @@ def main() -> None:
     print("| actors | wall s | model load s | audio s / wall s | files / s | failed |")
     print("|---|---|---|---|---|---|")
     try:
-        for actors in args.actors:
-            out = root / f"out-{actors}"
+        for run, actors in enumerate(args.actors):
+            out = root / f"out-{run}"  # a fresh folder: every run does all the work
             summary = run_batch(
                 BatchOptions(
                     inputs=inputs, out_dir=out, model=options, actors=actors,
