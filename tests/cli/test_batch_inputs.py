@@ -89,3 +89,29 @@ def test_results_table_keeps_skipped_rows_only(tmp_path: Path) -> None:
     assert [(r["input"], r["ok"]) for r in table.rows()] == [("a", True), ("c", True), ("b", True)]
     with pytest.raises(DsmError, match="jsonl or parquet"):
         ResultsTable(tmp_path, "csv")
+
+
+def test_a_bad_model_fails_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dsm.cli import main
+
+    argv = ["transcribe", "--ray", "x.wav", "-o", str(tmp_path / "o"), "--model", "/no/ckpt"]
+    assert main(argv) == 1
+    assert "neither an existing file or directory nor a hub repo id" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_actor_errors_come_unwrapped() -> None:
+    from dsm.commands.ray_transcribe import run_failure
+    from dsm.errors import CheckpointError
+
+    class RayTaskError(Exception):  # how Ray wraps an actor's exception: ``.cause``
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last):\n  ... remote frames ...")
+            self.cause = cause
+
+    wrapped = RayTaskError(CheckpointError("no checkpoint at /x"))
+    assert str(run_failure(wrapped)) == "an actor failed: no checkpoint at /x"
+    other = run_failure(RuntimeError("the raylet died\nmore"))
+    assert str(other) == "the Ray run failed: RuntimeError: the raylet died"

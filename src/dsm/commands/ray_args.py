@@ -93,6 +93,10 @@ def run_ray(args: argparse.Namespace, formats: Sequence[str]) -> int:
         raise DsmError("--batch-size must be at least 1")
     if args.prompt_text or args.prompt_audio:
         raise DsmError("--ray does not take a prompt yet; run without --ray for prompts")
+    if address is None:  # a local Ray: a typo in --model fails here, before any actor starts
+        from dsm.checkpoint import parse_source
+
+        parse_source(args.model)
     vad = None
     if args.vad:
         vad = {"head": args.vad_head, "threshold": args.vad_threshold,

@@ -33,7 +33,15 @@ from dsm.commands.outputs import output_names
 from dsm.errors import DsmError
 from dsm.extras import import_optional
 
-__all__ = ["BatchOptions", "BatchSummary", "Transcriber", "actor_pool", "connect", "run_batch"]
+__all__ = [
+    "BatchOptions",
+    "BatchSummary",
+    "Transcriber",
+    "actor_pool",
+    "connect",
+    "run_batch",
+    "run_failure",
+]
 
 PURPOSE = "dsm transcribe --ray"
 
@@ -266,12 +274,25 @@ def _run_pending(
             if bar is not None:
                 bar.close()
     except Exception as exc:
-        if isinstance(exc, DsmError):
-            raise
-        raise DsmError(f"the Ray run failed: {type(exc).__name__}: {exc}") from exc
+        raise run_failure(exc) from None
     finally:
         if started:
             ray.shutdown()
+
+
+def run_failure(exc: BaseException) -> DsmError:
+    """A DsmError for a failed Ray run: the actors' own error (e.g. a checkpoint that does not
+    load) without Ray's wrapping and remote traceback, or the Ray error in one line."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 10:
+        if isinstance(cause, DsmError) and type(cause).__module__.startswith("dsm."):
+            return DsmError(f"an actor failed: {cause}")
+        inner = getattr(cause, "cause", None)  # ray.exceptions.RayTaskError
+        cause = inner if isinstance(inner, BaseException) else cause.__cause__
+        seen += 1
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return DsmError(f"the Ray run failed: {type(exc).__name__}: {first}")
 
 
 def _emit(
