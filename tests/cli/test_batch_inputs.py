@@ -113,5 +113,8 @@ def test_actor_errors_come_unwrapped() -> None:
 
     wrapped = RayTaskError(CheckpointError("no checkpoint at /x"))
     assert str(run_failure(wrapped)) == "an actor failed: no checkpoint at /x"
+    quoted = "Traceback ...\ndsm.errors.CheckpointError: config.json not found\n"
+    died = RuntimeError(f"The actor died because of an error in its creation task\n{quoted}")
+    assert str(run_failure(died)) == "an actor failed: config.json not found"
     other = run_failure(RuntimeError("the raylet died\nmore"))
     assert str(other) == "the Ray run failed: RuntimeError: the raylet died"

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -291,6 +292,10 @@ def run_failure(exc: BaseException) -> DsmError:
         inner = getattr(cause, "cause", None)  # ray.exceptions.RayTaskError
         cause = inner if isinstance(inner, BaseException) else cause.__cause__
         seen += 1
+    # An actor that died in its constructor: Ray quotes the remote traceback in the message.
+    quoted = re.findall(r"^dsm\.errors\.\w+: (.+)$", str(exc), re.M)
+    if quoted:
+        return DsmError(f"an actor failed: {quoted[-1]}")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return DsmError(f"the Ray run failed: {type(exc).__name__}: {first}")
 
