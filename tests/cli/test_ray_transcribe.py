@@ -3,6 +3,7 @@ is reported while the others are written, and a rerun does no work (a local Ray 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     assert {p: p.stat().st_mtime_ns for p in out.glob("clip*")} == stamps
     assert len(_rows(out)) == 4  # the failure's row replaced, the others kept
     # Without the failing input there is nothing to do: no actor is started.
-    done = run_batch(BatchOptions(**{**opts.__dict__, "inputs": inputs[1:]}))
+    done = run_batch(dataclasses.replace(opts, inputs=inputs[1:]))
     assert (done.skipped, done.done, done.failed, done.actors) == (3, 0, 0, 0)
     assert {p: p.stat().st_mtime_ns for p in out.glob("clip*")} == stamps
 

@@ -188,11 +188,26 @@ def _local_copy(item: str, tmp: Path, i: int) -> str:
 
 
 def connect(ray: Any, address: str | None) -> bool:
-    """Join ``address`` (or start a local Ray); True when this run started it."""
+    """Join ``address`` (or start a local Ray); True when this run started it.
+
+    A local Ray's workers import dsm from where this process did (its folder goes first on
+    their ``PYTHONPATH``), so a source checkout runs the same code in the actors. A cluster's
+    workers need dsm installed (``pip install 'dsm[ray]'`` in their image).
+    """
     if ray.is_initialized():
         return False
+    runtime_env = None
+    if address is None:
+        import dsm
+
+        here = str(Path(dsm.__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": path}}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False,
+            runtime_env=runtime_env,
+        )  # fmt: skip
     except ConnectionError as exc:
         raise DsmError(f"can't reach the Ray cluster at {address}: {exc}") from None
     return True
