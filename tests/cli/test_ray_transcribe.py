@@ -53,7 +53,10 @@ def _rows(out: Path) -> list[dict[str, object]]:
 
 
 def test_ray_matches_transcribe_many_and_reruns_do_no_work(
-    local_ray: None, stt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     files = _inputs(tmp_path / "audio")
     bad = tmp_path / "broken.wav"
@@ -64,11 +67,15 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     assert all(isinstance(r, Transcript) for r in expected)
     assert any(r.words for r in expected if isinstance(r, Transcript))  # words to compare
 
-    # The CLI: a file and a folder URL; "--ray FILE" gives FILE back to the inputs.
+    # The CLI: a file and a folder URL; "--ray FILE" gives FILE back to the inputs. Without an
+    # address (and no Ray in this process yet, unless another test started the module's) the
+    # run starts a local Ray and stops it at the end.
     argv = ["transcribe", "--ray", str(bad), f"file://{tmp_path / 'audio'}", "-o", str(out), "-f",
             "all", "--model", str(stt_dir), "--device", "cpu", "--actors", "2",
             "--batch-size", "2", "--table", "parquet", "-q"]  # fmt: skip
+    own_ray = not ray.is_initialized()
     assert main(argv) == 1  # one input failed
+    assert ray.is_initialized() is not own_ray  # a Ray started for the run is stopped after it
     err = capsys.readouterr().err
     assert "broken.wav" in err and "3 transcribed" in err and "1 failed" in err
     for f, result in zip(files, expected, strict=True):
@@ -93,6 +100,7 @@ def test_ray_matches_transcribe_many_and_reruns_do_no_work(
     assert pq.read_table(out / "results.parquet").num_rows == 4
 
     # A rerun writes no output again and tries only the failed input.
+    request.getfixturevalue("local_ray")
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("clip*")}
     inputs = [str(bad), *(f"file://{f}" for f in files)]
     opts = BatchOptions(inputs=inputs, out_dir=out, formats=("txt", "json", "srt", "vtt"),
