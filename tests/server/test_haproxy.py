@@ -147,9 +147,9 @@ def _used_slots(port: int) -> int:
     return int(module["used_slots"])
 
 
-def _connects(port: int) -> int:
+def _counter(port: int, name: str = "asr_connect") -> int:
     body = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
-    match = re.search(r'^asr_connect\{handler="all"\} (\S+)$', body, re.M)
+    match = re.search(rf'^{name}\{{handler="all"\}} (\S+)$', body, re.M)
     assert match is not None
     return int(float(match[1]))
 
@@ -172,7 +172,7 @@ def test_replicas_behind_haproxy(
                 )
                 reference += [_words(r) for r in done]
             assert all(reference), "the tiny model should give words to compare"
-            base_connects = _connects(survivor_port)
+            base_connects = _counter(survivor_port)
 
             # Four sessions at half real time (4 s each) fill both replicas (leastconn: 2 each).
             sessions = [
@@ -187,6 +187,8 @@ def test_replicas_behind_haproxy(
             # A fifth waits in HAProxy's queue (timeout queue), then gets 503.
             with pytest.raises(DsmError, match=r"HTTP 503 \(no free slot"):
                 await stt_session(front, _chunks(pcms[0]), rtf=None, session=http)
+            for port in (stopped_port, survivor_port):  # no replica saw it
+                assert _counter(port, "dsm_rejected_no_free_channels") == 0
 
             stopped.send_signal(signal.SIGTERM)  # mid-run: each session has audio left
             results = await asyncio.gather(*sessions)
@@ -204,6 +206,6 @@ def test_replicas_behind_haproxy(
                 *(stt_session(front, _chunks(p), rtf=None, session=http) for p in pcms[:2])
             )
             assert [_words(r) for r in again] == reference[:2]
-            assert _connects(survivor_port) == base_connects + SLOTS + 2
+            assert _counter(survivor_port) == base_connects + SLOTS + 2
 
     run(body, timeout=120)
