@@ -75,18 +75,20 @@ def test_ray_address_or_input(value: str, address: str | None, files: list[str])
     assert args.files == files
 
 
-def test_results_table_keeps_skipped_rows_only(tmp_path: Path) -> None:
+def test_results_table_replaces_the_rows_of_the_inputs_it_redoes(tmp_path: Path) -> None:
     table = ResultsTable(tmp_path)
-    table.open(set())
+    table.open({"a", "b", "c"})
     for name, ok in (("a", True), ("b", False), ("c", True)):
         table.add({"input": name, "ok": ok})
     table.close()
     with (tmp_path / "results.jsonl").open("a") as f:
         f.write('{"input": "torn')  # a killed run's last line
-    table.open({"a", "c"})  # a rerun that skips a and c, and tries b again
+    table.open({"b", "d"})  # a rerun that skips a and c, tries b again, and adds d
+    table.add({"input": "d", "ok": True})
     table.add({"input": "b", "ok": True})
     table.close()
-    assert [(r["input"], r["ok"]) for r in table.rows()] == [("a", True), ("c", True), ("b", True)]
+    rows = [(r["input"], r["ok"]) for r in table.rows()]
+    assert rows == [("a", True), ("c", True), ("d", True), ("b", True)]
     with pytest.raises(DsmError, match="jsonl or parquet"):
         ResultsTable(tmp_path, "csv")
 

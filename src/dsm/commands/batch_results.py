@@ -4,8 +4,8 @@ Every file is written whole or not at all (a temporary name, then an atomic rena
 output that exists is complete and a rerun may skip its input. The results table is
 ``results.jsonl`` in the output folder, one JSON object per input, appended as each input
 finishes; with ``--table parquet`` the same rows are also written to ``results.parquet`` at the
-end of the run. A rerun keeps the rows of the inputs it skips and replaces the others (a failed
-input is tried again, and its new row replaces the old one).
+end of the run. A run replaces the rows of the inputs it transcribes (a failed input is tried
+again, and its new row replaces the old one) and keeps all others.
 
 A row: ``input`` (as given), ``name`` (the outputs' base name), ``ok``, ``error`` (null when
 ok), ``text``, ``words`` (``[{"text", "start", "end"}]``, seconds), ``warnings`` (e.g. silent
@@ -71,12 +71,14 @@ class ResultsTable:
                 rows.append(row)
         return rows
 
-    def open(self, keep: set[str]) -> None:
-        """Start a run: keep the last row of each input in ``keep``, drop the others."""
+    def open(self, redo: set[str]) -> None:
+        """Start a run that (re)does the inputs in ``redo``: their old rows go (a new row comes
+        as each finishes); every other input keeps its last row, from this folder's earlier
+        runs on the same or other inputs."""
         last: dict[str, dict[str, Any]] = {}
         for row in self.rows():
-            if row.get("input") in keep:
-                last[row["input"]] = row
+            if row.get("input") not in redo:
+                last[str(row.get("input"))] = row
         write_atomic(
             self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in last.values())
         )

@@ -245,7 +245,7 @@ def run_batch(opts: BatchOptions) -> BatchSummary:
     pending = [i for i in range(len(inputs)) if i not in done]
     summary.skipped = len(done)
     table = ResultsTable(out_dir, opts.table)
-    table.open({inputs[i] for i in done})
+    table.open({inputs[i] for i in pending})
     try:
         if pending:
             _run_pending(ray, opts, inputs, names, pending, table, summary)
