@@ -58,6 +58,26 @@ def test_urls_through_pyarrow(tmp_path: Path) -> None:
     assert expand_inputs([f"file://{z}"]) == [f"file://{z}"]
 
 
+def test_fsspec_urls(tmp_path: Path) -> None:
+    fsspec = pytest.importorskip("fsspec", reason="needs fsspec")
+    pytest.importorskip("pyarrow", reason="URLs need pyarrow: pip install 'dsm[ray]'")
+    from dsm.commands.ray_transcribe import _local_copy
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/dsm-test/a.wav", b"RIFF a")
+    memory.pipe("/dsm-test/sub/b.flac", b"fLaC b")
+    memory.pipe("/dsm-test/notes.txt", b"not audio")
+    try:
+        urls = expand_inputs(["memory://dsm-test"])
+        assert urls == ["memory:///dsm-test/a.wav", "memory:///dsm-test/sub/b.flac"]
+        local = Path(_local_copy(urls[1], tmp_path, 7))  # what an actor reads
+        assert local.parent == tmp_path and local.read_bytes() == b"fLaC b"
+    finally:
+        memory.rm("/dsm-test", recursive=True)
+    with pytest.raises(DsmError, match="can't open nosuchscheme://x"):
+        expand_inputs(["nosuchscheme://x"])
+
+
 @pytest.mark.parametrize(
     ("value", "address", "files"),
     [

@@ -3,7 +3,8 @@
 Each argument becomes zero or more inputs, in order:
 
 - a URL (``s3://bucket/key``, ``gs://...``, ``hdfs://...``, ``file:///...``: anything
-  ``pyarrow.fs`` opens, as Ray Data does): one file, or every audio file under a folder;
+  ``pyarrow.fs`` or ``fsspec`` opens, as Ray Data does): one file, or every audio file under a
+  folder;
 - a local folder: every audio file under it (recursively, sorted);
 - a local path with ``*``, ``?`` or ``[`` : the matching files (``**`` recurses), sorted;
 - a manifest: ``.jsonl`` lines of ``{"audio": PATH}`` (or ``audio_filepath``, as ``dsm eval``
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dsm.errors import DsmError
 
-__all__ = ["AUDIO_SUFFIXES", "MANIFEST_SUFFIXES", "expand_inputs", "is_url"]
+__all__ = ["AUDIO_SUFFIXES", "MANIFEST_SUFFIXES", "expand_inputs", "is_url", "open_url"]
 
 # File suffixes a folder scan takes as audio (what FFmpeg decodes and people store audio in).
 AUDIO_SUFFIXES = (
@@ -42,24 +43,55 @@ def _is_audio(name: str) -> bool:
     return name.lower().endswith(AUDIO_SUFFIXES)
 
 
+def open_url(url: str) -> tuple[Any, str, Callable[[str], str]]:
+    """A ``pyarrow.fs`` file system for ``url``, the path in it, and the URL of any path in it.
+
+    pyarrow's own schemes first (``s3``, ``gs``, ``hdfs``, ``file``, ...), then any scheme
+    ``fsspec`` knows (``az``, ``http``, ...; its package installed), as Ray Data reads them.
+    """
+    import pyarrow as pa
+    from pyarrow import fs
+
+    scheme = url.split("://", 1)[0]
+    try:
+        filesystem, path = fs.FileSystem.from_uri(url)
+    except pa.ArrowInvalid:
+        try:
+            import fsspec
+        except ImportError:
+            raise DsmError(
+                f"pyarrow can't open {scheme}:// URLs; for other schemes install fsspec and its "
+                f"{scheme} support (pip install fsspec)"
+            ) from None
+        try:
+            spec_fs = fsspec.filesystem(scheme)
+        except (ImportError, ValueError) as exc:
+            raise DsmError(f"can't open {url}: {exc}") from None
+        path = spec_fs._strip_protocol(url)
+        return fs.PyFileSystem(fs.FSSpecHandler(spec_fs)), path, spec_fs.unstrip_protocol
+
+    def url_of(p: str) -> str:
+        return f"{scheme}://{p}" if scheme != "file" else Path(p).absolute().as_uri()
+
+    return filesystem, path, url_of
+
+
 def _from_url(spec: str) -> list[str]:
     from pyarrow import fs
 
+    filesystem, path, url_of = open_url(spec)
     try:
-        filesystem, path = fs.FileSystem.from_uri(spec)
         info = filesystem.get_file_info(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError... per scheme
-        raise DsmError(f"can't open {spec}: {exc}") from None
-    if info.type != fs.FileType.Directory:
-        return [spec]  # a file (or a missing one, reported with its error)
-    prefix = spec.split("://", 1)[0] + "://"
-    if prefix == "file://":
-        prefix = "file://" if path.startswith("/") else "file:///"
-    selector = fs.FileSelector(path, recursive=True)
-    found = [f.path for f in filesystem.get_file_info(selector) if f.is_file and _is_audio(f.path)]
+        if info.type != fs.FileType.Directory:
+            return [spec]  # a file (or a missing one, reported with its error)
+        selector = fs.FileSelector(path, recursive=True)
+        found = [f.path for f in filesystem.get_file_info(selector) if f.is_file]
+    except OSError as exc:  # pyarrow's errors per scheme (permissions, network)
+        raise DsmError(f"can't list {spec}: {exc}") from None
+    found = [p for p in found if _is_audio(p)]
     if not found:
         raise DsmError(f"{spec} holds no audio file (looked for {', '.join(AUDIO_SUFFIXES)})")
-    return [prefix + p for p in sorted(found)]
+    return [url_of(p) for p in sorted(found)]
 
 
 def _from_manifest(path: Path) -> Iterator[str]:

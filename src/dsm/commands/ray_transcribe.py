@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsm.commands.batch_inputs import is_url
+from dsm.commands.batch_inputs import is_url, open_url
 from dsm.commands.batch_results import ResultsTable, output_paths, write_atomic
 from dsm.commands.outputs import output_names
 from dsm.errors import DsmError
@@ -172,12 +172,12 @@ def _absolute(item: str) -> str:
 
 
 def _local_copy(item: str, tmp: Path, i: int) -> str:
-    """A local path for ``item``: itself, or a download of a URL (through ``pyarrow.fs``)."""
+    """A local path for ``item``: itself, or a download of a URL (:func:`open_url`)."""
     if not is_url(item):
         return item
     from pyarrow import fs
 
-    filesystem, path = fs.FileSystem.from_uri(item)
+    filesystem, path, _ = open_url(item)
     if isinstance(filesystem, fs.LocalFileSystem):
         return path
     target = tmp / f"{i}{Path(path).suffix}"
