@@ -28,8 +28,8 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "batch on Ray",
         "with --ray, inputs may be files, globs, folders, .jsonl/.txt manifests or URLs that "
-        "pyarrow or fsspec opens (s3://, gs://, ...); -o DIR is required and gets one file per input and "
-        "format plus results.jsonl; a rerun skips inputs whose outputs exist. Needs "
+        "pyarrow or fsspec opens (s3://, gs://, ...); -o DIR is required and gets one file per "
+        "input and format plus results.jsonl; a rerun skips inputs whose outputs exist. Needs "
         "pip install 'dsm[ray]'",
     )
     group.add_argument(
