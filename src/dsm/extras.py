@@ -1,10 +1,10 @@
 """Optional dependencies: which ``pip install 'dsm[extra]'`` provides each, imported on demand.
 
 The base install (``pip install dsm``) runs ``transcribe``, ``synthesize``, ``voices`` and
-``inspect``; the server, its client and load test, the microphone and the evaluation need an
-extra. Modules that need one import it only when they run, through :func:`import_optional`, so
-a missing extra is one clear :class:`~dsm.errors.MissingExtraError` and never breaks another
-command.
+``inspect``; the server, its client and load test, the microphone, the evaluation and batch
+runs on Ray (``--ray``) need an extra. Modules that need one import it only when they run,
+through :func:`import_optional`, so a missing extra is one clear
+:class:`~dsm.errors.MissingExtraError` and never breaks another command.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ OPTIONAL_MODULES: dict[str, str] = {
     "jiwer": "eval",
     "whisper_normalizer": "eval",
     "datasets": "eval",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 

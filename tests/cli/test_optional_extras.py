@@ -67,6 +67,7 @@ def test_transcribe_without_extras(stt_dir: Path, tmp_path: Path) -> None:
         (("client", "tts", "hello"), "server"),
         (("loadtest", "-n", "1"), "server"),
         (("eval", "manifest.jsonl"), "eval"),
+        (("transcribe", "--ray", "x.wav", "-o", "out"), "ray"),
     ],
 )
 def test_missing_extra_exits_2_naming_it(args: tuple[str, ...], extra: str) -> None:

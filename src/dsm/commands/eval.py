@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from dsm.commands.model_args import add_model_arguments
+from dsm.commands.ray_args import LOCAL
 from dsm.commands.transcribe import load_from_args
+from dsm.errors import DsmError
 from dsm.extras import require
 
 __all__ = ["add_parser", "run"]
@@ -28,6 +30,16 @@ def add_parser(subparsers: Any) -> None:
         "pip install 'dsm[eval]'.",
     )
     add_eval_arguments(parser)
+    group = parser.add_argument_group("on Ray", "needs pip install 'dsm[ray]'")
+    group.add_argument(
+        "--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+        help="transcribe on Ray actors (put it after DATASET, or give ADDRESS: 'auto', "
+        "ray://HOST:PORT or HOST:PORT); --batch-size is then the total over the actors",
+    )  # fmt: skip
+    group.add_argument(
+        "--actors", type=int, default=None,
+        help="model actors (default: one per GPU of the cluster, or one)",
+    )  # fmt: skip
     add_model_arguments(parser, DEFAULT_STT)
     parser.set_defaults(func=run)
 
@@ -35,6 +47,14 @@ def add_parser(subparsers: Any) -> None:
 def _factory(args: argparse.Namespace) -> Any:
     from dsm.stt.transcript import TranscriptionFailure
 
+    if getattr(args, "ray", None) is not None:
+        from dsm.commands.ray_args import model_options
+        from dsm.commands.ray_eval import ray_transcriber
+
+        if args.actors is not None and args.actors < 1:
+            raise DsmError("--actors must be at least 1")
+        address = None if args.ray == LOCAL else args.ray
+        return ray_transcriber(model_options(args), address, args.actors)
     stt = load_from_args(args)
 
     def transcribe_batch(batch: list[np.ndarray]) -> list[str]:

@@ -10,9 +10,10 @@ from typing import Any
 
 from dsm.commands.model_args import add_model_arguments, load_model
 from dsm.commands.outputs import NAMING_RULE, InOrder, output_names
+from dsm.commands.ray_args import add_ray_arguments, run_ray
 from dsm.errors import DsmError
 
-__all__ = ["add_parser", "load_from_args", "run"]
+__all__ = ["FORMATS", "add_parser", "load_from_args", "render", "run"]
 
 FORMATS = ("txt", "json", "srt", "vtt")
 ALL = "all"  # every format at once (needs -o)
@@ -29,7 +30,10 @@ def add_parser(subparsers: Any) -> None:
         "a Kyutai STT checkpoint. Without -o the results go to stdout, in argument order. On a "
         "terminal a progress bar counts audio seconds.",
     )
-    parser.add_argument("files", nargs="*", help="audio files")
+    parser.add_argument(
+        "files", nargs="*",
+        help="audio files (with --ray also globs, folders, manifests and URLs)",
+    )  # fmt: skip
     parser.add_argument(
         "--format", "-f", choices=(*FORMATS, ALL), default="txt",
         help="output format; 'all' writes every format (needs -o)",
@@ -64,6 +68,7 @@ def add_parser(subparsers: Any) -> None:
         "--keep-prompt", action="store_true", help="keep the prompt's transcript in the output"
     )
     parser.add_argument("--mic", action="store_true", help="transcribe the microphone live")
+    add_ray_arguments(parser)
     add_model_arguments(parser, DEFAULT_STT)
     parser.set_defaults(func=run)
 
@@ -75,7 +80,8 @@ def load_from_args(args: argparse.Namespace) -> Any:
     return load_model(load_stt, args, "dsm transcribe --model DIR FILE...")
 
 
-def _render(result: Any, fmt: str, vad: bool) -> str:
+def render(result: Any, fmt: str, vad: bool) -> str:
+    """A transcript as the text of an output file in format ``fmt`` (one of :data:`FORMATS`)."""
     if fmt == "txt":
         return result.text + "\n"
     if fmt == "json":
@@ -92,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from dsm.stt.transcript import TranscriptionFailure
     from dsm.stt.vad import VadOptions
 
+    if args.ray is not None:
+        return run_ray(args, FORMATS if args.format == ALL else (args.format,))
     if args.mic:
         if args.files:
             raise DsmError("give either --mic or files, not both")
@@ -128,15 +136,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"dsm: warning: {source}: {warning}", file=sys.stderr)
         if out_dir is not None:
             for fmt in formats:
-                text = _render(result, fmt, args.vad)
+                text = render(result, fmt, args.vad)
                 (out_dir / f"{names[index]}.{fmt}").write_text(text, encoding="utf-8")
         elif several and args.format == "json":
             record = {"file": source, **result.to_dict(vad=args.vad)}
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif several:
-            print(f"# {source}\n{_render(result, args.format, args.vad)}", end="", flush=True)
+            print(f"# {source}\n{render(result, args.format, args.vad)}", end="", flush=True)
         else:
-            print(_render(result, args.format, args.vad), end="", flush=True)
+            print(render(result, args.format, args.vad), end="", flush=True)
 
     in_order = InOrder(emit)
 

@@ -172,6 +172,10 @@ class ModelModule(Generic[C]):
         self.max_restarts = 3  # consecutive failures tolerated before giving up
         self.accepting = True
         self.steps = 0
+        # The model loop beats once per iteration (an idle one every 50 ms); a loop that has
+        # not beaten for ``stall_after_s`` (a step hung in a driver, a deadlock) is not alive.
+        self.stall_after_s = 30.0
+        self.last_beat = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_release: Callable[[C], None] | None = None
@@ -195,8 +199,15 @@ class ModelModule(Generic[C]):
 
     @property
     def alive(self) -> bool:
-        """The model thread is running and has not failed."""
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        """The model thread is running, has not failed, and (once ready) beats."""
+        if self._thread is None or not self._thread.is_alive() or self.error is not None:
+            return False
+        return not self.ready or not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """The model loop has not completed an iteration for :attr:`stall_after_s`."""
+        return time.monotonic() - self.last_beat > self.stall_after_s
 
     @property
     def healthy(self) -> bool:
@@ -219,6 +230,7 @@ class ModelModule(Generic[C]):
         while not self._stop.is_set():
             try:
                 self.warmup()
+                self.last_beat = time.monotonic()
                 self.ready = served = True
                 log.info("%s ready: %d slots", self.name, self.batch_size)
                 last_step = 0.0
@@ -226,6 +238,7 @@ class ModelModule(Generic[C]):
                     wait = last_step + self.min_step_interval_s - time.monotonic()
                     if wait > 0 and not self.backlog:
                         self._stop.wait(wait)
+                    self.last_beat = time.monotonic()
                     self.wake.clear()
                     start = time.monotonic()
                     if self.iterate():
@@ -320,6 +333,12 @@ class ModelModule(Generic[C]):
         with self.lock:
             return sum(c is not None for c in self.slots)
 
+    @property
+    def free_slots(self) -> int:
+        """Slots a new session could take now (a full module is still healthy: a balancer
+        that caps each replica at its slot count never sends it one more)."""
+        return self.batch_size - self.used_slots
+
     # -- subclass hooks --------------------------------------------------------------------
 
     def warmup(self) -> None:
@@ -343,4 +362,5 @@ class ModelModule(Generic[C]):
             "type": self.kind,
             "used_slots": str(self.used_slots),
             "total_slots": str(self.batch_size),
+            "free_slots": str(self.free_slots),
         }

@@ -253,6 +253,7 @@ class SttModule(ModelModule[SttChannel]):
         self._device = stt.codec.device
         self.last_step_seconds = 0.0
         metrics.gauge("asr_open_channels", "occupied STT slots", lambda: self.used_slots)
+        metrics.gauge("dsm_stt_free_slots", "free STT slots", lambda: self.free_slots)
         self.on_release = self._released
 
     def new_channel(self, loop: Any) -> SttChannel | None:

@@ -200,6 +200,7 @@ class TtsModule(ModelModule[TtsChannel]):
         self._bound: list[TtsChannel | None] = [None] * batch_size
         self._outbox = Outbox()  # one wake-up of the event loop per step
         metrics.gauge("py_open_channels", "occupied TTS slots", lambda: self.used_slots)
+        metrics.gauge("dsm_tts_free_slots", "free TTS slots", lambda: self.free_slots)
         self.on_release = self._released
 
     def new_channel(

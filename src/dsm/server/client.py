@@ -60,7 +60,11 @@ def close_failure(msg: Any) -> str | None:
 
 def handshake_error(exc: aiohttp.WSServerHandshakeError) -> DsmError:
     """The refused WebSocket upgrade as a DsmError (a 401 names the API key)."""
-    hint = " (wrong or missing API key)" if exc.status == 401 else ""
+    hints = {
+        401: " (wrong or missing API key)",
+        503: " (no free slot: every replica is full or down; retry later)",
+    }
+    hint = hints.get(exc.status, "")
     return DsmError(f"the server refused the WebSocket with HTTP {exc.status}{hint}")
 
 

@@ -71,6 +71,7 @@ def _health_body(server: DsmServer) -> dict[str, Any]:
                 "last_failure": m.last_failure,
                 "used_slots": m.used_slots,
                 "total_slots": m.batch_size,
+                "free_slots": m.free_slots,
             }
             for m in server.modules
         },

@@ -152,7 +152,10 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
             "listModels", "Model ids to pass as `model`",
             _ok("The served models", "application/json", schema=models), 401,
         ),
-        "/health": _health("health", "200 when every module is ready, else 503"),
+        "/health": _health(
+            "health", "200 when every module is warmed up and its model loop alive (a full "
+            "module is still ready), else 503",
+        ),
         "/health/live": _get(
             "live", "200 while the process serves HTTP",
             _ok("Live", "application/json", schema=_ANY_JSON),
@@ -162,7 +165,7 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
             "buildInfo", "Build information", _ok("Build", "application/json", schema=_ANY_JSON)
         ),
         "/api/modules_info": _get(
-            "modulesInfo", "Slots of each module",
+            "modulesInfo", "Slots of each module: used_slots, total_slots, free_slots",
             _ok("Modules", "application/json", schema={"type": "array"}),
         ),
         "/api/voices": _get(
