@@ -1,0 +1,1 @@
+"""Training: fine-tuning targets, losses and loops (STT and TTS), voice learning."""
