@@ -15,12 +15,14 @@ reference's transcripts time a word at its consumption step / 12.5).
 Targets:
 
 * audio: every codebook the depformer generates, masked where the code is ``-1``;
-* text: what the model samples on its text stream is an action, NEW_WORD (0) or PAD (3); the
-  machine overrides it while a word's tokens are fed, while padding is forced, once
-  ``max_padding`` pads were used and after the end. The text target is the action taken at the
-  steps where the model's choice is the one used (``text_mask``), the rest is not a target.
+* text: what the model samples on its text stream is an action, NEW_WORD (0) or PAD (3; the
+  machine reads any other id as PAD); the machine overrides it while a word's tokens are fed,
+  while padding is forced, once ``max_padding`` pads were used and after the end. The text
+  target is the action taken at the steps where the model's choice is the one used, the rest
+  is not a target (``IGNORE``). Its loss is the negative log-likelihood of that action: of id 0
+  for NEW_WORD, of every other id together for PAD.
 
-The loss (:func:`tts_loss`) is moshi-finetune's: cross-entropy on the text stream, where PAD
+The loss (:func:`tts_loss`) is weighted as moshi-finetune's: the text loss, where PAD
 weighs ``text_padding_weight`` (0.5), plus cross-entropy on the audio codebooks where the first
 (semantic) codebook weighs ``semantic_weight`` (100, its example config's
 ``first_codebook_weight_multiplier``), each a weighted mean over its valid positions.
@@ -268,15 +270,17 @@ def tts_loss(
     lm = tts.lm
     out = lm(codes.to(lm.device), conditions)
     device = lm.device
-    # Text: the action targets, not the fed tokens.
-    logits = out.text_logits[:, 0].float()  # [B, T, C]
+    # Text: the likelihood of the action taken; any id but NEW_WORD is read as PAD.
+    logits = torch.nan_to_num(out.text_logits[:, 0].float())  # [B, T, C]
     target = text_target.to(device)
     valid = (target != IGNORE) & out.text_mask[:, 0]
+    log_norm = logits.logsumexp(-1)
+    log_new = logits[..., NEW_WORD_TOKEN] - log_norm
+    rest = torch.cat([logits[..., :NEW_WORD_TOKEN], logits[..., NEW_WORD_TOKEN + 1 :]], dim=-1)
+    log_pad = rest.logsumexp(-1) - log_norm
+    nll = -torch.where(target == NEW_WORD_TOKEN, log_new, log_pad)
     weights = torch.where(target == PAD_TOKEN, text_padding_weight, 1.0) * valid
-    ce = F.cross_entropy(
-        torch.nan_to_num(logits).transpose(1, 2), target.clamp(min=0), reduction="none"
-    )
-    text_loss = (ce * weights).sum() / weights.sum().clamp(min=1e-8)
+    text_loss = (nll * weights).sum() / weights.sum().clamp(min=1e-8)
     # Audio: the depformer's codebooks.
     if out.audio_logits is None or out.audio_mask is None:
         raise DsmError("this checkpoint has no depformer: it does not generate audio")
