@@ -24,6 +24,7 @@ _COMMANDS = (
     "dsm.commands.serve",
     "dsm.commands.client",
     "dsm.commands.loadtest",
+    "dsm.commands.finetune",
 )
 
 

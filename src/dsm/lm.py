@@ -29,6 +29,7 @@ def load_lm(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
+    lora: str | Path | None = None,
 ) -> LMModel:
     """Load the language model of ``source`` (hub repo id or local checkpoint directory).
 
@@ -39,6 +40,7 @@ def load_lm(
         device: target device (CPU by default).
         dtype: parameter dtype; bfloat16 on CUDA and float32 on CPU by default.
         quantize: ``int8`` or ``int4``: quantize the projections at load (weight-only).
+        lora: a LoRA adapter directory (``dsm finetune`` output), merged at load.
 
     Raises:
         ConfigError: the ``config.json`` is invalid.
@@ -49,5 +51,10 @@ def load_lm(
 
     checkpoint = open_checkpoint(source, revision=revision)
     return load_lm_from_files(
-        checkpoint.config, checkpoint.lm_file(), device=device, dtype=dtype, quantize=quantize
+        checkpoint.config,
+        checkpoint.lm_file(),
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        lora=lora,
     )

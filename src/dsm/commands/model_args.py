@@ -45,6 +45,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
         "'dsm quantize' is quantized already",
     )
     group.add_argument(
+        "--lora",
+        default=None,
+        metavar="DIR",
+        help="merge this LoRA adapter (the output directory of 'dsm finetune') into the LM at load",
+    )
+    group.add_argument(
         "--no-pack-weights",
         action="store_true",
         help="CPU: do not pack the LM projection weights into oneDNN's layout (packed weights "
@@ -59,6 +65,8 @@ def load_model(
     with how to run ``usage`` on a local copy."""
     if getattr(args, "no_pack_weights", False):
         os.environ["DSM_CPU_PACK"] = "0"  # read by the LM loader (dsm.nn.set_cpu_kernels)
+    if getattr(args, "lora", None) is not None:
+        extra["lora"] = args.lora
     if getattr(args, "quantize", None) is not None:
         extra["quantize"] = args.quantize
     dtype = None

@@ -203,6 +203,7 @@ def load_lm_from_files(
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
+    lora: str | Path | None = None,
 ) -> LMModel:
     """Build the LM of ``config`` on ``meta`` and load ``weights`` (safetensors) strictly.
 
@@ -213,10 +214,18 @@ def load_lm_from_files(
     load (:func:`quantize_lm`). A quantized checkpoint (``quantization`` in its config) loads
     its integer weights directly, never materialising float ones; ``quantize`` must then be
     None or its own mode.
+
+    ``lora``: a LoRA adapter directory (``dsm finetune`` output) merged into the weights at
+    load, before any quantization (:func:`dsm.models.lora_loading.apply_adapter`).
     """
     check_quantize_mode(quantize)
     lm_config = config.lm if isinstance(config, CheckpointConfig) else config
     stored = config.quantization if isinstance(config, CheckpointConfig) else None
+    if stored is not None and lora is not None:
+        raise ConfigError(
+            "a LoRA adapter cannot be merged into an already quantized checkpoint: load the "
+            "float checkpoint with --lora (and --quantize to quantize after merging)"
+        )
     if stored is not None and quantize not in (None, stored.mode):
         raise ConfigError(
             f"this checkpoint is already quantized ({stored.mode}); it cannot be loaded as "
@@ -233,6 +242,10 @@ def load_lm_from_files(
         quantize_lm(model, stored.mode, stored.group_size or DEFAULT_GROUP_SIZE, device="meta")
     state = read_safetensors(weights)
     load_lm_state(model, state, device=device, dtype=dtype, what=f"weights {weights}")
+    if lora is not None:
+        from dsm.models.lora_loading import apply_adapter
+
+        apply_adapter(model, lora)
     if quantize is not None and stored is None:
         quantize_lm(model, quantize, group_size)
     return model.eval()

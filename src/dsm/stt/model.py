@@ -47,6 +47,7 @@ def load_stt(
     mimi_weights: str | Path | None = None,
     tokenizer: str | Path | None = None,
     quantize: str | None = None,
+    lora: str | Path | None = None,
 ) -> SpeechToText:
     """Load a speech-to-text checkpoint (hub repo id or local directory).
 
@@ -54,7 +55,8 @@ def load_stt(
     replace single files of the checkpoint (paths or ``hf://owner/repo/file``). ``quantize``
     (``int8`` or ``int4``) quantizes the LM's projections at load (see
     :func:`dsm.lm.load_lm_from_files`; a checkpoint written by ``dsm quantize`` loads quantized
-    without it).
+    without it). ``lora``: a LoRA adapter directory (``dsm finetune stt`` output) merged into
+    the LM at load.
     """
     from dsm.lm import load_lm_from_files
     from dsm.mimi import load_mimi
@@ -74,7 +76,9 @@ def load_stt(
             f"text; use an STT checkpoint such as {DEFAULT_STT} or kyutai/stt-2.6b-en"
         )
     dev = default_device(device)
-    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize)
+    lm = load_lm_from_files(
+        cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize, lora=lora
+    )
     codec = load_mimi(ckpt.mimi_file(), device=dev, num_codebooks=cfg.lm.n_q)
     text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
     return SpeechToText(lm, codec, text_tokenizer, cfg, name=str(source))

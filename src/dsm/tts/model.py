@@ -119,6 +119,7 @@ def load_tts(
     mimi_weights: str | Path | None = None,
     tokenizer: str | Path | None = None,
     quantize: str | None = None,
+    lora: str | Path | None = None,
 ) -> TextToSpeech:
     """Load a text-to-speech checkpoint (hub repo id or local directory).
 
@@ -128,7 +129,7 @@ def load_tts(
         device: default CUDA when available, else CPU.
         dtype: LM dtype; bfloat16 on CUDA and float32 on CPU by default.
         n_q: audio codebooks to generate (default all; fewer is faster, lower quality).
-        revision, config, lm_weights, mimi_weights, tokenizer, quantize: as for
+        revision, config, lm_weights, mimi_weights, tokenizer, quantize, lora: as for
             :func:`dsm.load_stt`.
     """
     from dsm.lm import load_lm_from_files
@@ -149,7 +150,9 @@ def load_tts(
             f"text-to-speech; use a TTS checkpoint such as {DEFAULT_TTS}"
         )
     dev = default_device(device)
-    lm = load_lm_from_files(cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize)
+    lm = load_lm_from_files(
+        cfg, ckpt.lm_file(), device=dev, dtype=dtype, quantize=quantize, lora=lora
+    )
     codec = load_mimi(ckpt.mimi_file(), device=dev)
     text_tokenizer = TextTokenizer(ckpt.tokenizer_file())
     return TextToSpeech(

@@ -1,0 +1,139 @@
+"""LoRA: only the adapter trains; the adapter used unmerged (LoRA modules), loaded with
+``--lora`` (merged at load) and merged into a checkpoint directory give the same logits; the
+reference (moshi 0.2.13) loads both the merged checkpoint and the adapter (its ``lora_weights``
+mechanism) and gives the same logits as dsm. Tolerances are relative to the largest logit."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dsm
+from dsm.checkpoint.weights import read_safetensors
+from dsm.cli import main
+from dsm.models.lm import LMModel
+from dsm.nn.lora import LoRALinear
+from dsm.train.lora import LoraSettings, add_lora
+from tests.helpers.reference_stt import ReferenceStt
+from tests.train.conftest import one_torch_thread
+
+# float32 on CPU: merging reorders one sum (W x + s B A x vs (W + s B A) x).
+MERGE_RTOL = 1e-5
+PARITY_RTOL = 1e-5
+RANK, SCALING = 4, 2.0
+
+
+@pytest.fixture(scope="module")
+def run(prefixed_stt: ReferenceStt, synthetic_manifest: Path, tmp_path_factory: Any) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "run"
+    with one_torch_thread():
+        code = main([
+            "finetune", "stt", "--model", str(prefixed_stt.directory), "--train",
+            str(synthetic_manifest), "--out", str(out), "--lora-rank", str(RANK), "--steps", "12",
+            "--lr", "1e-2", "--batch-size", "3", "--grad-accum", "3", "--merge", "--device",
+            "cpu", "--cache-dir", str(out.parent / "cache"), "-q",
+        ])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def _tokens(lm: LMModel, seed: int = 3, B: int = 2, T: int = 20) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, lm.card, (B, lm.num_codebooks, T), generator=gen)
+    tokens[:, 0] = torch.randint(0, lm.text_card, (B, T), generator=gen)
+    return tokens
+
+
+@torch.no_grad()
+def _logits(lm: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Text logits ``[B, T, C]`` of the main transformer (dsm returns ``(logits, hidden)``,
+    the reference ``(hidden, logits [B, 1, T, C])``)."""
+    if isinstance(lm, LMModel):
+        return lm.forward_text(tokens)[0]
+    return lm.forward_text(tokens)[1][:, 0]
+
+
+def test_only_adapter_parameters_change(prefixed_stt: ReferenceStt, run: Path) -> None:
+    state = torch.load(run / "train_state" / "state.pt", weights_only=True)
+    trained = set(state["params"])
+    assert trained and all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in trained)
+    base = read_safetensors(prefixed_stt.directory / "model.safetensors")
+    merged = read_safetensors(run / "merged" / "model.safetensors")
+    assert set(base) == set(merged)
+    targets = {k.rsplit(".lora_", 1)[0] for k in trained}
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    # Published names: the attention's fused in_proj is stored as in_proj_weight.
+    expected = {t.replace("self_attn.in_proj", "self_attn.in_proj_weight") for t in targets}
+    expected = {e if e.endswith("in_proj_weight") else f"{e}.weight" for e in expected}
+    assert changed == expected
+    assert any("gating" in k for k in changed) and any("in_proj_weight" in k for k in changed)
+    adapter = load_file(str(run / "adapter.safetensors"))
+    assert all(adapter[f"{t}.lora_B.weight"].abs().max() > 0 for t in targets)
+    assert json.loads((run / "adapter.json").read_text())["rank"] == RANK
+
+
+def test_unmerged_loaded_and_merged_logits_agree(prefixed_stt: ReferenceStt, run: Path) -> None:
+    base = dsm.load_lm(prefixed_stt.directory)
+    tokens = _tokens(base)
+    # 1. The adapter as trained: LoRA modules around the frozen projections.
+    wrapped = copy.deepcopy(base)
+    add_lora(wrapped, LoraSettings(RANK, SCALING))
+    adapter = load_file(str(run / "adapter.safetensors"))
+    for name, module in wrapped.named_modules():
+        if isinstance(module, LoRALinear):
+            module.lora_A.weight.data.copy_(adapter[f"{name}.lora_A.weight"])
+            module.lora_B.weight.data.copy_(adapter[f"{name}.lora_B.weight"])
+    # 2. --lora: merged at load.  3. The merged checkpoint directory.
+    loaded = dsm.load_lm(prefixed_stt.directory, lora=run)
+    merged = dsm.load_lm(run / "merged")
+    a, b, c = _logits(wrapped, tokens), _logits(loaded, tokens), _logits(merged, tokens)
+    assert _rel(a, _logits(base, tokens)) > 1e-3, "the adapter changed nothing: test is void"
+    err_ab, err_bc = _rel(b, a), _rel(c, b)
+    print(f"LoRA unmerged vs --lora: {err_ab:.1e}; --lora vs merged dir: {err_bc:.1e}")
+    assert err_ab < MERGE_RTOL and err_bc < MERGE_RTOL
+    # The transcribe command path takes --lora too.
+    stt = dsm.load_stt(prefixed_stt.directory, lora=run)
+    assert torch.equal(_logits(stt.lm, tokens), b)
+
+
+def _reference(path: Path, config: dict[str, Any], **kw: Any) -> Any:
+    from moshi.models.loaders import get_moshi_lm
+    from moshi.utils.compile import no_compile
+
+    from tests.helpers.reference_lm import _lm_kwargs
+
+    with no_compile():
+        lm = get_moshi_lm(
+            path, lm_kwargs=_lm_kwargs(config), device="cpu", dtype=torch.float32, **kw
+        )
+    return lm.eval()
+
+
+def test_reference_loads_merged_and_adapter(prefixed_stt: ReferenceStt, run: Path) -> None:
+    from moshi.utils.compile import no_compile
+
+    ours = dsm.load_lm(run / "merged")
+    tokens = _tokens(ours)
+    expected = _logits(ours, tokens)
+    config = json.loads((run / "merged" / "config.json").read_text())
+    ref_merged = _reference(run / "merged" / config["moshi_name"], config)
+    base_config = {**prefixed_stt.config, "lora": True, "lora_rank": RANK, "lora_scaling": SCALING}
+    ref_adapter = _reference(
+        prefixed_stt.directory / "model.safetensors", base_config,
+        lora_weights=run / "adapter.safetensors", fuse_lora=True,
+    )  # fmt: skip
+    with no_compile():
+        err_merged = _rel(_logits(ref_merged, tokens), expected)
+        err_adapter = _rel(_logits(ref_adapter, tokens), expected)
+    print(f"reference vs dsm: merged checkpoint {err_merged:.1e}, adapter {err_adapter:.1e}")
+    assert err_merged < PARITY_RTOL and err_adapter < PARITY_RTOL
