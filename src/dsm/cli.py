@@ -16,6 +16,7 @@ __all__ = ["build_parser", "main"]
 # Sub-command modules, each exposing ``add_parser(subparsers)``.
 _COMMANDS = (
     "dsm.commands.transcribe",
+    "dsm.commands.align",
     "dsm.commands.synthesize",
     "dsm.commands.voices",
     "dsm.commands.eval",

@@ -332,7 +332,10 @@ def check_mimi_state(model: MimiModel, state: dict[str, torch.Tensor], origin: s
         ):
             if keys:
                 lines.append(f"  {len(keys)} {title}: " + "; ".join(keys))
-        lines.append("Use a published Mimi checkpoint (318 float32 tensors).")
+        lines.append(
+            "Use a published Mimi checkpoint (318 float32 tensors) or one the reference saved "
+            "(its model.state_dict())."
+        )
         raise WeightsError("\n".join(lines))
 
 
@@ -352,11 +355,12 @@ def load_mimi(
     ``config``: the architecture, default the published one (tests vary the context).
     """
     from dsm.checkpoint import resolve_mimi_file
-    from dsm.checkpoint.weights import read_safetensors
+    from dsm.checkpoint.weights import fuse_split_projections, read_safetensors
 
     path = Path(resolve_mimi_file(source, revision=revision))
     target = torch.device(device if device is not None else "cpu")
-    state = read_safetensors(path)
+    # The published (fused) layout, or the reference's own state_dict() (split projections).
+    state = fuse_split_projections(read_safetensors(path))
     model = MimiModel(config or MimiConfig())
     check_mimi_state(model, state, str(path))
     model.to(target)

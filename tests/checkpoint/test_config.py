@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,38 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
     not_object.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         load_config(not_object)
+
+
+def _written_by_reference() -> dict[str, object]:
+    """tts-1.6b's config.json as moshi-finetune writes it after building the model with the
+    reference: ``CheckpointInfo`` shallow-copies the raw config, ``get_conditioner`` updates
+    each conditioner's dict in place (``output_dim``, ``device``), train.py adds the LoRA keys,
+    and the Checkpointer dumps that raw config as JSON."""
+    from moshi.models import loaders
+
+    raw = tts_1p6b_en_fr()
+    lm_config = dict(raw)  # CheckpointInfo.from_hf_repo: dict(raw_config), nested dicts shared
+    loaders.get_conditioner_provider(lm_config["dim"], "cpu", lm_config)
+    raw.update(lora=True, lora_rank=128, lora_scaling=2.0)  # moshi-finetune's train.py
+    return dict(json.loads(json.dumps(raw)))
+
+
+def test_config_written_by_the_reference_loads(caplog: pytest.LogCaptureFixture) -> None:
+    written = _written_by_reference()
+    conditioners = written["conditioners"]
+    assert isinstance(conditioners, dict)
+    assert conditioners["cfg"]["lut"]["output_dim"] == 2048
+    assert conditioners["speaker_wavs"]["tensor"]["device"] == "cpu"
+    with caplog.at_level(logging.DEBUG, logger="dsm.checkpoint.config"):
+        parsed = parse_config(written)
+    assert parsed == parse_config(tts_1p6b_en_fr())
+    assert "output_dim" in caplog.text and "conditioners.speaker_wavs.tensor" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["cfg.lut", "speaker_wavs.tensor"])
+def test_typos_beside_the_reference_keys_are_refused(where: str) -> None:
+    written = _written_by_reference()
+    name, kind = where.split(".")
+    written["conditioners"][name][kind]["output_dims"] = 2048  # type: ignore[index]
+    with pytest.raises(ConfigError, match=f"conditioners.{where}: output_dims"):
+        parse_config(written)

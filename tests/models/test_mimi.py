@@ -83,6 +83,30 @@ def test_published_layout_loads_strictly(mimi_full: MimiPair) -> None:
     assert "encoder_transformer.transformer.layers.7.self_attn.in_proj_weight" in keys
 
 
+def test_reference_state_dict_layout_loads(mimi_full: MimiPair, tmp_path: Path) -> None:
+    """What the reference package or moshi-finetune write (``model.state_dict()`` saved as
+    safetensors: ``in_projs.0.weight`` / ``out_projs.0.weight``) loads and encodes as the
+    reference does."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in mimi_full.reference.state_dict().items()}
+    assert any(".self_attn.in_projs.0.weight" in k for k in state)
+    assert not any(k.endswith(".in_proj_weight") for k in state)
+    path = tmp_path / "reference_state_dict.safetensors"
+    save_file(state, str(path))
+    codec = load_mimi(path)
+    assert set(codec.model.state_dict()) == set(mimi_full.codec.model.state_dict())
+    pcm = speech_like(1.0, seed=5)
+    codes, ref_codes = codec.encode(pcm), mimi_full.reference.encode(pcm)
+    score = agreement(codes, ref_codes)
+    print(f"\n[mimi] reference state_dict layout: code agreement {100 * score:.4f} %")
+    assert score >= MIN_AGREEMENT
+    decoded, ref_decoded = codec.decode(ref_codes), mimi_full.reference.decode(ref_codes)
+    error = rel_error(decoded, ref_decoded)
+    print(f"[mimi] reference state_dict layout: decoded relative error {error:.2e}")
+    assert error <= MAX_REL_ERROR
+
+
 # -- offline parity ---------------------------------------------------------------------------
 
 

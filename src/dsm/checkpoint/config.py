@@ -3,18 +3,23 @@
 The published checkpoints carry a flat JSON dict (model-spec §1.3). :func:`parse_config` splits
 it into the file names, the model type, the sampling/STT/TTS sub-configs and an
 :class:`LMConfig` that holds exactly what the language model needs. Unknown keys and
-inconsistent values are rejected with an error that names the key.
+inconsistent values are rejected with an error that names the key; keys the reference itself
+writes into configs it saves (LoRA settings, conditioners' ``output_dim`` and ``device``) are
+known and ignored.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from dsm.checkpoint.quantization import QuantizationConfig, parse_quantization
 from dsm.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 # Text ids every published checkpoint uses; configs may override them (defaults of the fields).
 TEXT_PADDING_ID = 3  # text padding: ids <= this are never part of the text
@@ -271,6 +276,12 @@ def _check_known(section: str, data: dict[str, Any], known: set[str]) -> None:
         )
 
 
+# Keys the reference adds to each ``conditioners.<name>.<type>`` dict when it builds a model
+# (``loaders.get_conditioner`` updates the config's own dict in place with the LM width and the
+# device); moshi-finetune saves that same dict as the checkpoint's config.json. Known, unused.
+REFERENCE_CONDITIONER_KEYS = ("output_dim", "device")
+
+
 def _parse_conditioners(value: Any) -> tuple[ConditionerConfig, ...]:
     out = []
     for name, spec in _sub_dict("conditioners", value).items():
@@ -283,6 +294,10 @@ def _parse_conditioners(value: Any) -> tuple[ConditionerConfig, ...]:
         _check_known(f"conditioners.{name}", spec, {"type", kind})
         inner = _sub_dict(f"conditioners.{name}.{kind}", spec.get(kind))
         where = f"conditioners.{name}.{kind}"
+        written = sorted(set(inner) & set(REFERENCE_CONDITIONER_KEYS))
+        if written:
+            _log.debug("ignoring %s in %s (written by the reference)", ", ".join(written), where)
+            inner = {k: v for k, v in inner.items() if k not in REFERENCE_CONDITIONER_KEYS}
         if kind == "tensor":
             _check_known(where, inner, {"dim"})
             out.append(ConditionerConfig(name, "tensor", _int(f"{where}.dim", inner.get("dim"))))

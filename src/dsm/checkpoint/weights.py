@@ -3,7 +3,8 @@ parameter counts). The one reader of checkpoint weights: the LM, Mimi and voice 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import re
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,45 @@ from dsm.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["count_parameters_by_part", "read_safetensors", "read_shapes"]
+__all__ = [
+    "count_parameters_by_part",
+    "fuse_split_projections",
+    "read_safetensors",
+    "read_shapes",
+]
+
+_SPLIT_KEY = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<index>\d+)\.weight$")
+
+
+def fuse_split_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the reference's in-memory attention keys to the published fused ones.
+
+    ``{p}.in_projs.{i}.weight`` (i = 0..mult-1) become ``{p}.in_proj_weight`` and
+    ``{p}.out_projs.{i}.weight`` become ``{p}.out_proj.weight``, concatenated along dim 0 in
+    index order. Other keys pass through; a state dict already in the published layout is
+    returned unchanged (as a new dict). Checkpoints written by the reference package or by
+    moshi-finetune (``model.state_dict()`` saved as safetensors) have the split layout; the LM
+    and Mimi loaders both call this.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    for key, value in state.items():
+        match = _SPLIT_KEY.match(key)
+        if match is None:
+            out[key] = value
+        else:
+            groups[(match["prefix"], match["kind"])][int(match["index"])] = value
+    for (prefix, kind), parts in groups.items():
+        name = f"{prefix}.in_proj_weight" if kind == "in_projs" else f"{prefix}.out_proj.weight"
+        if sorted(parts) != list(range(len(parts))):
+            # Leave a gapped set alone: strict checking will report it by name.
+            for i, value in parts.items():
+                out[f"{prefix}.{kind}.{i}.weight"] = value
+            continue
+        out[name] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
+    return out
 
 
 def _unreadable(path: str | Path, exc: Exception) -> CheckpointError:

@@ -7,21 +7,19 @@
   ``condition_provider.*`` and ``fuser.*`` which are float32. Integer tensors are kept.
 * Keys: the published (fused) layout loads as is; the reference's in-memory layout
   (``in_projs.{i}.weight`` / ``out_projs.{i}.weight``) is fused first
-  (:func:`fuse_split_projections`).
+  (:func:`~dsm.checkpoint.weights.fuse_split_projections`, shared with the Mimi loader).
 * Loading is strict: every missing, unexpected or mis-shaped key is listed in one
   :class:`~dsm.errors.WeightsError`.
 """
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
-from dsm.checkpoint.weights import read_safetensors
+from dsm.checkpoint.weights import fuse_split_projections, read_safetensors
 from dsm.errors import ConfigError, WeightsError
 from dsm.models.embeddings import TokenEmbedding
 from dsm.models.lm import LMModel
@@ -47,35 +45,6 @@ __all__ = [
 
 # Checkpoint parts the reference always keeps in float32, whatever the model dtype.
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")
-
-_SPLIT_KEY = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<index>\d+)\.weight$")
-
-
-def fuse_split_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the reference's in-memory attention keys to the published fused ones.
-
-    ``{p}.in_projs.{i}.weight`` (i = 0..mult-1) become ``{p}.in_proj_weight`` and
-    ``{p}.out_projs.{i}.weight`` become ``{p}.out_proj.weight``, concatenated along dim 0 in
-    index order. Other keys pass through; a state dict already in the published layout is
-    returned unchanged (as a new dict).
-    """
-    out: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
-    for key, value in state.items():
-        match = _SPLIT_KEY.match(key)
-        if match is None:
-            out[key] = value
-        else:
-            groups[(match["prefix"], match["kind"])][int(match["index"])] = value
-    for (prefix, kind), parts in groups.items():
-        name = f"{prefix}.in_proj_weight" if kind == "in_projs" else f"{prefix}.out_proj.weight"
-        if sorted(parts) != list(range(len(parts))):
-            # Leave a gapped set alone: strict checking will report it by name.
-            for i, value in parts.items():
-                out[f"{prefix}.{kind}.{i}.weight"] = value
-            continue
-        out[name] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
-    return out
 
 
 def target_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:

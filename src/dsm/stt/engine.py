@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from dsm.generate.lmgen import StreamingGenerator
 from dsm.mimi import FRAME_SIZE, MimiCodec, MimiStream
 from dsm.models.lm import LMModel
 from dsm.stt.prompt import PromptForcer
+
+if TYPE_CHECKING:
+    from dsm.stt.align import AlignConstraint
 
 __all__ = ["EngineStep", "SttEngine"]
 
@@ -46,6 +50,7 @@ class SttEngine:
         *,
         max_prompt_tokens: int = 0,
         padding_ids: tuple[int, ...] | None = None,
+        constraint: AlignConstraint | None = None,
     ) -> None:
         self.codec = codec
         self.lm = lm
@@ -57,20 +62,31 @@ class SttEngine:
             padding_ids = (lm.end_of_text_padding_id, lm.text_padding_token_id)
         if max_prompt_tokens > 0:
             self.prompt = PromptForcer(batch_size, max_prompt_tokens, padding_ids, self.device)
+        # Forced alignment (dsm.stt.align): a second mask on the same greedy text choice.
+        self.constraint = constraint
+        hooked = self.prompt is not None or constraint is not None
         self.generator = StreamingGenerator(
             lm,
             batch_size,
             temp=0.0,
             temp_text=0.0,
-            on_text_logits_hook=self.prompt.on_logits if self.prompt else None,
-            on_text_hook=self._on_text if self.prompt else None,
+            on_text_logits_hook=self._on_logits if hooked else None,
+            on_text_hook=self._on_text if hooked else None,
         )
         self._stack: ExitStack | None = None
         self.stream: MimiStream | None = None
 
+    def _on_logits(self, logits: torch.Tensor) -> None:
+        if self.prompt is not None:
+            self.prompt.on_logits(logits)
+        if self.constraint is not None:
+            self.constraint.on_logits(logits, self.generator.offsets)
+
     def _on_text(self, token: torch.Tensor) -> None:
-        assert self.prompt is not None
-        self.prompt.on_token(token, self.generator.exec_mask)
+        if self.prompt is not None:
+            self.prompt.on_token(token, self.generator.exec_mask)
+        if self.constraint is not None:
+            self.constraint.on_token(token, self.generator.exec_mask)
 
     def __enter__(self) -> SttEngine:
         self.start()

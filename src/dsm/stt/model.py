@@ -21,6 +21,7 @@ from dsm.errors import CheckpointError, DsmError
 from dsm.mimi import FRAME_SIZE, MimiCodec
 from dsm.models.lm import LMModel
 from dsm.runtime import default_device
+from dsm.stt.align import AlignConstraint, AlignTarget, align_target
 from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.jobs import TranscriptionJob
@@ -228,8 +229,39 @@ class SpeechToText:
         report times past the input's end). ``on_word(index, word)`` is called for each word of
         an input as soon as its end is known (times before the transcript's final fitting).
         """
-        vad_options = self._check_vad(vad)
-        prompt = self._prompt(prompt_text, prompt_audio, prompt_sample_rate)
+        return self._run_many(
+            inputs,
+            batch_size=batch_size,
+            sample_rate=sample_rate,
+            vad=self._check_vad(vad),
+            prompt=self._prompt(prompt_text, prompt_audio, prompt_sample_rate),
+            cut_prompt=cut_prompt,
+            progress=progress,
+            on_result=on_result,
+            encode_chunk=encode_chunk,
+            on_audio=on_audio,
+            on_word=on_word,
+        )
+
+    def _run_many(
+        self,
+        inputs: Sequence[AudioInput],
+        *,
+        batch_size: int,
+        sample_rate: int | None,
+        vad: VadOptions | None,
+        prompt: tuple[list[int], np.ndarray | None],
+        cut_prompt: bool,
+        progress: bool,
+        on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None,
+        encode_chunk: int,
+        on_audio: Callable[[int, float], None] | None = None,
+        on_word: Callable[[int, Word], None] | None = None,
+        targets: Sequence[AlignTarget] | None = None,
+    ) -> list[Transcript | TranscriptionFailure]:
+        """The continuous-batching loop of :meth:`transcribe_many`; with ``targets`` (one per
+        input) each slot is forced to write its input's transcript (:mod:`dsm.stt.align`)."""
+        vad_options = vad
         results: list[Transcript | TranscriptionFailure | None] = [None] * len(inputs)
         if not inputs:
             return []
@@ -245,7 +277,17 @@ class SpeechToText:
 
         pending: deque[int] = deque(range(len(inputs)))
         slots: list[tuple[int, TranscriptionJob] | None] = [None] * B
-        with SttEngine(self.codec, self.lm, B, max_prompt_tokens=len(prompt[0])) as engine:
+        constraint = None
+        if targets is not None:
+            constraint = AlignConstraint(
+                B, max(len(t.tokens) for t in targets), padding_id=self.padding_id,
+                marker_id=int(self.lm.end_of_text_padding_id),
+                device=next(iter(self.lm.parameters())).device,
+            )  # fmt: skip
+        engine = SttEngine(
+            self.codec, self.lm, B, max_prompt_tokens=len(prompt[0]), constraint=constraint
+        )
+        with engine:
             queue = CodeQueue(B, engine.n_q, encode_chunk, engine.device)
             failed: dict[int, BaseException] = {}
             seen: dict[int, int] = {}  # words of each input passed to on_word
@@ -268,6 +310,9 @@ class SpeechToText:
             while pending or any(s is not None for s in slots):
                 started = _fill_slots(self, engine, slots, pending, prompt, cut_prompt,
                                       vad_options, sample_rate, inputs, finish)  # fmt: skip
+                if constraint is not None and targets is not None:
+                    for b in started:
+                        constraint.set(b, targets[_index(slots, b)])
                 for b in started:
                     queue.clear(b)
                 live = [b for b, s in enumerate(slots) if s is not None]
@@ -307,6 +352,78 @@ class SpeechToText:
                         drop(b, job.result())
         if bar is not None:
             bar.close()
+        return [r for r in results if r is not None]
+
+    def align(self, audio: AudioInput, text: str, *, sample_rate: int | None = None) -> Transcript:
+        """Time the words of ``text``, the known transcript of ``audio`` (forced alignment).
+
+        The model decodes ``audio`` as in :meth:`transcribe` but may only write ``text``'s words,
+        in order (:mod:`dsm.stt.align`); every word is placed. The result's ``words`` are
+        ``text``'s words (split on whitespace) with start and end times by the same rules as
+        :meth:`transcribe`; ``text`` is them joined by spaces.
+
+        Raises :class:`~dsm.errors.DsmError` for unreadable audio, an empty transcript, a word
+        the tokenizer cannot write, or a transcript longer than the audio can hold.
+        """
+        result = self.align_many([(audio, text)], sample_rate=sample_rate, batch_size=1)[0]
+        if isinstance(result, TranscriptionFailure):
+            if result.error is not None:
+                raise result.error
+            raise DsmError(str(result))
+        return result
+
+    def align_many(
+        self,
+        items: Sequence[tuple[AudioInput, str]],
+        *,
+        batch_size: int = 8,
+        sample_rate: int | None = None,
+        on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None = None,
+    ) -> list[Transcript | TranscriptionFailure]:
+        """:meth:`align` for many ``(audio, text)`` pairs, batched like :meth:`transcribe_many`;
+        a pair that fails gives a :class:`TranscriptionFailure` in its place. Each audio is
+        decoded whole before its slot starts (its length sets the deadline of its words)."""
+        from dsm.audio import load_audio
+
+        results: list[Transcript | TranscriptionFailure | None] = [None] * len(items)
+        plan = plan_feed(self.prefix_seconds, self.delay_seconds)
+        ready: list[int] = []
+        audios: list[np.ndarray] = []
+        targets: list[AlignTarget] = []
+        for index, (item, text) in enumerate(items):
+            try:
+                # Files carry their own rate: sample_rate applies to arrays only.
+                rate = None if isinstance(item, (str, Path)) else sample_rate
+                pcm = load_audio(item, sample_rate=rate)
+                target = align_target(
+                    self.tokenizer, text, plan, int(pcm.shape[0]), padding_id=self.padding_id
+                )
+            except (DsmError, ValueError, OSError, RuntimeError) as exc:
+                results[index] = TranscriptionFailure(_name_of(item), str(exc), exc)
+                if on_result is not None:
+                    on_result(index, results[index])  # type: ignore[arg-type]
+                continue
+            ready.append(index)
+            audios.append(pcm)
+            targets.append(target)
+
+        def finished(position: int, result: Transcript | TranscriptionFailure) -> None:
+            index = ready[position]
+            if isinstance(result, Transcript):
+                result.source = _name_of(items[index][0])
+                got = tuple(word.text for word in result.words)
+                if got != targets[position].words:  # the constraint makes this impossible
+                    raise AssertionError(f"aligned words {got} != {targets[position].words}")
+            results[index] = result
+            if on_result is not None:
+                on_result(index, result)
+
+        if ready:
+            self._run_many(
+                audios, batch_size=batch_size, sample_rate=self.sample_rate, vad=None,
+                prompt=([], None), cut_prompt=True, progress=False, on_result=finished,
+                encode_chunk=DEFAULT_CHUNK, targets=targets,
+            )  # fmt: skip
         return [r for r in results if r is not None]
 
     def stream(
