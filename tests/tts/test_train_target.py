@@ -58,8 +58,10 @@ def test_teacher_forced_greedy_reproduces_generation(frozen, voice, cfg: float) 
     # The machine reads any sampled id but NEW_WORD as PAD: compare decisions.
     text_pred = out.text_logits[0, 0].argmax(-1)
     decision = torch.where(text_pred == NEW_WORD_TOKEN, NEW_WORD_TOKEN, PAD_TOKEN)
-    print(f"text targets: {int(text_valid.sum())}, NEW_WORD among them: "
-          f"{int((target.text_target == NEW_WORD_TOKEN).sum())}")
+    print(
+        f"text targets: {int(text_valid.sum())}, NEW_WORD among them: "
+        f"{int((target.text_target == NEW_WORD_TOKEN).sum())}"
+    )
     assert torch.equal(decision[text_valid], target.text_target[text_valid])
     # A wrong condition (another cfg value) changes the predictions: the condition counts.
     other = 3.0 if cfg != 3.0 else 1.0

@@ -50,10 +50,10 @@ from dsm.tts.model import CFG_CONDITION, CONTROL_CONDITION, SPEAKER_CONDITION, T
 from dsm.tts.state_machine import NO_TOKEN, MachineState
 
 __all__ = [
+    "IGNORE",
     "SEMANTIC_WEIGHT",
     "TEXT_PADDING_WEIGHT",
     "TtsLoss",
-    "IGNORE",
     "TtsTarget",
     "build_target",
     "collate",

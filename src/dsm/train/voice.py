@@ -32,6 +32,7 @@ from dsm.audio.checks import is_silent
 from dsm.checkpoint.config import ModelId
 from dsm.errors import DsmError
 from dsm.frames import FRAME_RATE, SAMPLE_RATE
+from dsm.models.conditioners import TensorConditioner
 from dsm.stt.words import Word
 from dsm.train.tts_target import (
     TtsTarget,
@@ -51,6 +52,7 @@ __all__ = [
     "align_words",
     "initial_voice",
     "learn_voice",
+    "load_recordings",
     "recording_targets",
     "save_voice",
     "voice_loss",
@@ -97,19 +99,8 @@ def _segments(words: list[Word]) -> list[list[Word]]:
     return groups
 
 
-def recording_targets(
-    tts: TextToSpeech,
-    recordings: Sequence[str | Path],
-    words: Sequence[list[Word] | None],
-    *,
-    transcripts: Sequence[str | None] | None = None,
-    stt: Any = None,
-) -> list[TtsTarget]:
-    """Training examples of ``recordings`` (any audio format FFmpeg reads).
-
-    For each recording, ``words[i]`` are its timed words, or None: then its plain transcript
-    ``transcripts[i]`` is aligned with ``stt``, or without one ``stt`` transcribes it.
-    """
+def load_recordings(recordings: Sequence[str | Path]) -> list[np.ndarray]:
+    """The recordings as 24 kHz mono pcm, refused when silent or too short in all."""
     audios: list[np.ndarray] = []
     for path in recordings:
         audio = load_audio(path)
@@ -122,15 +113,37 @@ def recording_targets(
             f"{total:.1f} s of audio in all: a voice needs at least {MIN_SPEECH_SECONDS:g} s of "
             "the speaker (a minute or more gives a closer voice)"
         )
+    return audios
+
+
+def recording_targets(
+    tts: TextToSpeech,
+    audios: Sequence[np.ndarray],
+    words: Sequence[list[Word] | None],
+    *,
+    transcripts: Sequence[str | None] | None = None,
+    stt: Any = None,
+    names: Sequence[str] | None = None,
+) -> list[TtsTarget]:
+    """Training examples of recordings (from :func:`load_recordings`).
+
+    For each recording, ``words[i]`` are its timed words, or None: then its plain transcript
+    ``transcripts[i]`` is aligned with ``stt``, or without one ``stt`` transcribes it.
+    ``names`` name the recordings in errors.
+    """
     targets: list[TtsTarget] = []
-    for i, (path, audio) in enumerate(zip(recordings, audios, strict=True)):
+    for i, audio in enumerate(audios):
+        path = names[i] if names is not None else f"recording {i + 1}"
         timed = words[i]
         if timed is None:
             if stt is None:
                 raise VoiceCreationError(f"no timed words for {path} and no STT model")
             text = transcripts[i] if transcripts is not None else None
             if text is not None:
-                timed = align_words(stt, audio, text)
+                try:
+                    timed = align_words(stt, audio, text)
+                except VoiceCreationError as exc:
+                    raise VoiceCreationError(f"{path}: {exc}") from None
             else:
                 timed = list(stt.transcribe(audio, sample_rate=SAMPLE_RATE).words)
         if not timed:
@@ -138,7 +151,7 @@ def recording_targets(
         for group in _segments(timed):
             start = max(0.0, group[0].start - MARGIN_SECONDS)
             end = min(len(audio) / SAMPLE_RATE, group[-1].end + MARGIN_SECONDS)
-            piece = audio[int(start * SAMPLE_RATE) : int(math.ceil(end * SAMPLE_RATE))]
+            piece = audio[int(start * SAMPLE_RATE) : math.ceil(end * SAMPLE_RATE)]
             codes = tts.codec.encode(torch.from_numpy(piece)[None, None].to(tts.codec.device))
             shifted = [Word(w.text, w.start - start, w.end - start) for w in group]
             targets.append(build_target(tts, codes[0, : tts.lm.n_q].cpu(), shifted))
@@ -168,7 +181,9 @@ def _speaker_dim(tts: TextToSpeech) -> int:
             f"{tts.name or 'this checkpoint'} has no speaker conditioner: its voices are "
             "recordings given as an audio prefix, nothing to learn"
         )
-    return int(tts._conditioners[SPEAKER_CONDITION].dim)
+    speaker = tts._conditioners[SPEAKER_CONDITION]
+    assert isinstance(speaker, TensorConditioner)
+    return int(speaker.dim)
 
 
 def voice_loss(
@@ -236,7 +251,7 @@ def learn_voice(
         loss = tts_loss(tts, codes, text, training_conditions(tts, voice, len(picked), cfg))
         loss.total.backward()
         optimizer.step()
-        losses.append(float(loss.total))
+        losses.append(float(loss.total.detach()))
         if on_step is not None:
             on_step(step, losses[-1])
     return VoiceFit(voice.detach().clone(), losses)
