@@ -12,23 +12,17 @@ from dsm.stt.words import Word
 from dsm.train.tts_target import (
     IGNORE,
     build_target,
-    freeze,
     target_from_generation,
     training_conditions,
     tts_loss,
 )
 from dsm.tts.entries import NEW_WORD_TOKEN, PAD_TOKEN
-from dsm.tts.model import load_tts
 from dsm.tts.voices import load_voice_embedding
 from tests.helpers.reference_tts import ReferenceTts
+from tests.helpers.tts_codes import generate_frames
 
 TEXT = "Hello world, the fox jumps over the dog."
-
-
-@pytest.fixture(scope="module")
-def frozen(ref_tts: ReferenceTts):  # type: ignore[no-untyped-def]
-    tts = load_tts(ref_tts.directory, voice_repo=ref_tts.voice_dir, device="cpu")
-    return freeze(tts)
+CFG = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +30,19 @@ def voice(ref_tts: ReferenceTts) -> torch.Tensor:
     return load_voice_embedding(ref_tts.voice_path(), model_id=None)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 2.0])
-def test_teacher_forced_greedy_reproduces_generation(frozen, voice, cfg: float) -> None:  # type: ignore[no-untyped-def]
-    speech = frozen.synthesize(TEXT, voice=voice, temperature=0.0, cfg=cfg)
-    frames = torch.from_numpy(speech.tokens)
+@pytest.fixture(scope="module")
+def frozen(frozen_tts):  # type: ignore[no-untyped-def]
+    return frozen_tts
+
+
+@pytest.fixture(scope="module")
+def frames(frozen, voice) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """A greedy generation at cfg 2 (the cfg with free NEW_WORD choices in this tiny model)."""
+    return generate_frames(frozen, [TEXT], voice, cfg=CFG, temperature=0.0, seed=0)[0]
+
+
+def test_teacher_forced_greedy_reproduces_generation(frozen, voice, frames) -> None:  # type: ignore[no-untyped-def]
+    cfg = CFG
     target = target_from_generation(frozen, TEXT, frames)
     assert [w for w, _ in target.words] == TEXT.split()
     codes = target.codes[None]
@@ -71,10 +74,8 @@ def test_teacher_forced_greedy_reproduces_generation(frozen, voice, cfg: float) 
     assert (out2.audio_logits.argmax(-1) != audio)[valid].any()
 
 
-def test_recording_target_from_timed_words(frozen, voice) -> None:  # type: ignore[no-untyped-def]
+def test_recording_target_from_timed_words(frozen, frames) -> None:  # type: ignore[no-untyped-def]
     """Words timed as the model said them give back the generated text stream and targets."""
-    speech = frozen.synthesize(TEXT, voice=voice, temperature=0.0, cfg=1.0)
-    frames = torch.from_numpy(speech.tokens)
     generated = target_from_generation(frozen, TEXT, frames)
     steps = [s for _, s in generated.words]
     delay = frozen.delay_steps
@@ -97,12 +98,14 @@ def _end_seconds(frames: torch.Tensor, tts) -> float:  # type: ignore[no-untyped
     return markers[-1] / 12.5  # the last marker is the end
 
 
-def test_loss_is_finite_and_differentiable_in_the_voice(frozen, voice) -> None:  # type: ignore[no-untyped-def]
-    speech = frozen.synthesize(TEXT, voice=voice, temperature=0.0, cfg=1.0)
-    target = target_from_generation(frozen, TEXT, torch.from_numpy(speech.tokens))
+def test_loss_is_finite_and_differentiable_in_the_voice(frozen, voice, frames) -> None:  # type: ignore[no-untyped-def]
+    target = target_from_generation(frozen, TEXT, frames)
     learnt = voice.clone().requires_grad_(True)
     loss = tts_loss(
-        frozen, target.codes[None], target.text_target[None], training_conditions(frozen, learnt, 1)
+        frozen,
+        target.codes[None],
+        target.text_target[None],
+        training_conditions(frozen, learnt, 1, CFG),
     )
     loss.total.backward()
     assert torch.isfinite(loss.total) and loss.text > 0 and loss.audio > 0
