@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -265,10 +266,14 @@ def tts_loss(
     *,
     semantic_weight: float = SEMANTIC_WEIGHT,
     text_padding_weight: float = TEXT_PADDING_WEIGHT,
+    model: Callable[..., Any] | None = None,
 ) -> TtsLoss:
-    """Teacher-forced loss of ``codes [B, K, T]`` with text targets ``[B, T]`` (see module)."""
+    """Teacher-forced loss of ``codes [B, K, T]`` with text targets ``[B, T]`` (see module).
+
+    ``model``: what to call for the forward (default ``tts.lm``; a training loop passes its
+    wrapper of it, e.g. DDP)."""
     lm = tts.lm
-    out = lm(codes.to(lm.device), conditions)
+    out = (lm if model is None else model)(codes.to(lm.device), conditions)
     device = lm.device
     # Text: the likelihood of the action taken; any id but NEW_WORD is read as PAD.
     logits = torch.nan_to_num(out.text_logits[:, 0].float())  # [B, T, C]

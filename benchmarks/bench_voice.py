@@ -1,0 +1,118 @@
+"""Time to learn a voice (``dsm voices create``) on CPU, tts-1.6b-en_fr shape, random weights.
+
+One optimizer step of voice learning is a teacher-forced forward and a backward through the
+frozen LM for ``--batch`` segments of ``--segment`` seconds (the recordings are cut into such
+segments; :mod:`dsm.train.voice`), with the gradient reaching only the ``[1, 512, 125]``
+embedding. Its time does not depend on how much audio there is: more audio means more segments
+to draw from, not longer steps. The main transformer is built with 1 and 2 layers and the step
+time extrapolated linearly to the real 16 (the depformer keeps its 4 layers and 32 codebooks).
+
+The table gives, for 1 and 5 minutes of audio: the segments, the passes over them that
+``--steps`` steps make, and the extrapolated time (steps x step time; Mimi encoding of the
+recordings, seconds at most, is not counted).
+
+    python benchmarks/bench_voice.py --threads 2 [--steps 150 --batch 4 --segment 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+from dsm.checkpoint.config import parse_config
+from dsm.frames import FRAME_RATE
+from dsm.models.lm import LMModel
+from dsm.train.tts_target import IGNORE, freeze, training_conditions, tts_loss
+from dsm.train.voice import VOICE_FRAMES
+from dsm.tts.entries import NEW_WORD_TOKEN, PAD_TOKEN
+from dsm.tts.model import TextToSpeech
+from tests.helpers.published_configs import tts_1p6b_en_fr
+
+REAL_LAYERS = 16
+
+
+def build(layers: int) -> TextToSpeech:
+    raw = tts_1p6b_en_fr()
+    raw["num_layers"] = layers
+    config = parse_config(raw)
+    torch.manual_seed(0)
+    lm = LMModel(config.lm)
+    with torch.no_grad():
+        for param in lm.parameters():  # keep activations in range: N(0, 1/fan_in)
+            if param.dim() >= 2:
+                param.normal_(0.0, 1.0 / math.sqrt(param.shape[-1]))
+    # The codec and tokenizer play no part in a training step.
+    codec: Any = None
+    tokenizer: Any = None
+    return freeze(TextToSpeech(lm, codec, tokenizer, config))
+
+
+def batch(tts: TextToSpeech, B: int, seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    T = round(seconds * FRAME_RATE) + tts.delay_steps
+    codes = torch.randint(0, tts.lm.card, (B, 1 + tts.lm.n_q, T), generator=gen)
+    codes[:, 0] = torch.randint(4, tts.lm.text_card, (B, T), generator=gen)
+    codes[:, 1:, : tts.delay_steps] = -1
+    text = torch.full((B, T), IGNORE)
+    free = torch.rand(B, T, generator=gen) < 0.3
+    text[free] = PAD_TOKEN
+    text[free & (torch.rand(B, T, generator=gen) < 0.3)] = NEW_WORD_TOKEN
+    return codes, text
+
+
+def step_seconds(layers: int, B: int, seconds: float, repeats: int) -> float:
+    tts = build(layers)
+    codes, text = batch(tts, B, seconds)
+    voice = torch.randn(1, 512, VOICE_FRAMES).requires_grad_(True)
+    optimizer = torch.optim.Adam([voice], lr=0.05)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = tts_loss(tts, codes, text, training_conditions(tts, voice, B))
+        loss.total.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]  # median, first (warm-up) dropped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=150, help="dsm voices create --steps")
+    parser.add_argument("--batch", type=int, default=4, help="segments per step")
+    parser.add_argument("--segment", type=float, default=20.0, help="segment seconds")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    t1 = step_seconds(1, args.batch, args.segment, args.repeats)
+    t2 = step_seconds(2, args.batch, args.segment, args.repeats)
+    per_layer = t2 - t1
+    t16 = t1 + (REAL_LAYERS - 1) * per_layer
+    print(
+        f"one step, {args.batch} x {args.segment:g} s segments, {args.threads} threads: "
+        f"1 layer {t1:.2f} s, 2 layers {t2:.2f} s, 16 layers (extrapolated) {t16:.1f} s"
+    )
+    print(f"{'audio':>8} {'segments':>9} {'passes':>7} {'steps':>6} {'time (16 layers)':>18}")
+    for minutes in (1, 5):
+        segments = math.ceil(minutes * 60 / args.segment)
+        passes = args.steps * args.batch / segments
+        total = args.steps * t16
+        print(
+            f"{minutes:>6} min {segments:>9} {passes:>7.1f} {args.steps:>6} {total / 60:>14.1f} min"
+        )
+
+
+if __name__ == "__main__":
+    main()
