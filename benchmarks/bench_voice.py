@@ -4,7 +4,9 @@ One optimizer step of voice learning is a teacher-forced forward and a backward 
 frozen LM for ``--batch`` segments of ``--segment`` seconds (the recordings are cut into such
 segments; :mod:`dsm.train.voice`), with the gradient reaching only the ``[1, 512, 125]``
 embedding. Its time does not depend on how much audio there is: more audio means more segments
-to draw from, not longer steps. The main transformer is built with 1 and 2 layers and the step
+to draw from, not longer steps. One segment is measured (``B = 1``, which keeps memory
+modest) and a step of ``--batch`` segments counted as ``--batch`` times that (the work is
+linear in the batch on CPU). The main transformer is built with 1 and 2 layers and the step
 time extrapolated linearly to the real 16 (the depformer keeps its 4 layers and 32 codebooks).
 
 The table gives, for 1 and 5 minutes of audio: the segments, the passes over them that
@@ -96,13 +98,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    t1 = step_seconds(1, args.batch, args.segment, args.repeats)
-    t2 = step_seconds(2, args.batch, args.segment, args.repeats)
-    per_layer = t2 - t1
-    t16 = t1 + (REAL_LAYERS - 1) * per_layer
+    t1 = step_seconds(1, 1, args.segment, args.repeats)
+    t2 = step_seconds(2, 1, args.segment, args.repeats)
+    seg16 = t1 + (REAL_LAYERS - 1) * (t2 - t1)
+    t16 = args.batch * seg16
     print(
-        f"one step, {args.batch} x {args.segment:g} s segments, {args.threads} threads: "
-        f"1 layer {t1:.2f} s, 2 layers {t2:.2f} s, 16 layers (extrapolated) {t16:.1f} s"
+        f"forward + backward of one {args.segment:g} s segment, {args.threads} threads: "
+        f"1 layer {t1:.2f} s, 2 layers {t2:.2f} s, 16 layers (extrapolated) {seg16:.1f} s; "
+        f"one step of {args.batch} segments {t16:.1f} s"
     )
     print(f"{'audio':>8} {'segments':>9} {'passes':>7} {'steps':>6} {'time (16 layers)':>18}")
     for minutes in (1, 5):

@@ -5,7 +5,6 @@ computes the same logits."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,11 @@ from dsm.train.tts_target import freeze, training_conditions
 from dsm.tts.model import load_tts
 from tests.helpers.reference_lm import _lm_kwargs
 from tests.helpers.reference_tts import ReferenceTts
+from tests.helpers.threads import one_thread  # noqa: F401 - autouse fixture
 from tests.train.synthetic import write_dataset
 
 RANK = 4
 TOLERANCE = 1e-5  # float32 on CPU: merging reorders one sum
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train much faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from dsm.train.tts_target import (
 from dsm.tts.entries import NEW_WORD_TOKEN, PAD_TOKEN
 from dsm.tts.voices import load_voice_embedding
 from tests.helpers.reference_tts import ReferenceTts
+from tests.helpers.threads import one_thread  # noqa: F401 - autouse fixture
 from tests.helpers.tts_codes import generate_frames
 
 TEXT = "Hello world, the fox jumps over the dog."

@@ -14,6 +14,7 @@ from dsm.cli import main
 from dsm.frames import SAMPLE_RATE
 from dsm.tts.voices import load_voice_embedding
 from tests.helpers.reference_tts import ReferenceTts, write_test_wav
+from tests.helpers.threads import one_thread  # noqa: F401 - autouse fixture
 
 LINES = ["the fox jumps over the dog", "hello world what a day"]
 

@@ -14,6 +14,7 @@ from dsm.train.tts_target import target_from_generation
 from dsm.train.voice import learn_voice, save_voice, voice_loss
 from dsm.tts.voices import load_voice_embedding
 from tests.helpers.reference_tts import VOICE_FRAMES, ReferenceTts, reference_model
+from tests.helpers.threads import one_thread  # noqa: F401 - autouse fixture
 from tests.helpers.tts_codes import generate_frames
 
 TRAIN = [
