@@ -60,8 +60,7 @@ def test_learning_recovers_the_voice(frozen_tts, voices, ref_tts: ReferenceTts, 
 
     # The file: the repo format, loadable by dsm and by the reference.
     model_id = ModelId(**ref_tts.config["model_id"])
-    name = "learnt/voice.wav"
-    path = save_voice(ref_tts.voice_dir / (name + ref_tts.suffix), fit.voice, model_id)
+    path = save_voice(tmp_path / "learnt.safetensors", fit.voice, model_id)
     with safe_open(str(path), "pt") as mine, safe_open(str(ref_tts.voice_path()), "pt") as repo:
         assert list(mine.keys()) == list(repo.keys()) == ["speaker_wavs"]
         assert mine.metadata() == repo.metadata()
@@ -69,7 +68,7 @@ def test_learning_recovers_the_voice(frozen_tts, voices, ref_tts: ReferenceTts, 
         assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
     loaded = load_voice_embedding(path, model_id=model_id, dim=v_star.shape[1])
     assert torch.equal(loaded, fit.voice)
-    rows = frozen_tts.conditions([name], 1.0)  # by name in the voice repo, as synthesize does
+    rows = frozen_tts.conditions([path], 1.0)  # as `dsm synthesize --voice FILE` does
     assert rows.cross is not None
     ref = reference_model(ref_tts)
     attributes = ref.make_condition_attributes([path], cfg_coef=1.0)
