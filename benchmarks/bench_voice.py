@@ -6,8 +6,9 @@ segments; :mod:`dsm.train.voice`), with the gradient reaching only the ``[1, 512
 embedding. Its time does not depend on how much audio there is: more audio means more segments
 to draw from, not longer steps. One segment is measured (``B = 1``, which keeps memory
 modest) and a step of ``--batch`` segments counted as ``--batch`` times that (the work is
-linear in the batch on CPU). The main transformer is built with 1 and 2 layers and the step
-time extrapolated linearly to the real 16 (the depformer keeps its 4 layers and 32 codebooks).
+linear in the batch on CPU). The model is built with 1 main layer (the depformer keeps its 4
+layers and 32 codebooks); the main transformer's forward and backward is also timed alone and
+counted 15 more times for the real 16 layers.
 
 The table gives, for 1 and 5 minutes of audio: the segments, the passes over them that
 ``--steps`` steps make, and the extrapolated time (steps x step time; Mimi encoding of the
@@ -73,20 +74,42 @@ def batch(tts: TextToSpeech, B: int, seconds: float) -> tuple[torch.Tensor, torc
     return codes, text
 
 
-def step_seconds(layers: int, B: int, seconds: float, repeats: int) -> float:
-    tts = build(layers)
-    codes, text = batch(tts, B, seconds)
-    voice = torch.randn(1, 512, VOICE_FRAMES).requires_grad_(True)
-    optimizer = torch.optim.Adam([voice], lr=0.05)
+def _median(run: Any, repeats: int) -> float:
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    kept = sorted(times[1:])  # the first (warm-up) dropped
+    return kept[len(kept) // 2]
+
+
+def step_seconds(tts: TextToSpeech, B: int, seconds: float, repeats: int) -> float:
+    """One voice-learning step: forward, backward, Adam on the embedding."""
+    codes, text = batch(tts, B, seconds)
+    voice = torch.randn(1, 512, VOICE_FRAMES).requires_grad_(True)
+    optimizer = torch.optim.Adam([voice], lr=0.05)
+
+    def run() -> None:
         optimizer.zero_grad()
         loss = tts_loss(tts, codes, text, training_conditions(tts, voice, B))
         loss.total.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]  # median, first (warm-up) dropped
+
+    return _median(run, repeats)
+
+
+def main_transformer_seconds(tts: TextToSpeech, B: int, seconds: float, repeats: int) -> float:
+    """Forward and backward of the main transformer alone (its input needing a gradient, as
+    the voice's path through the cross-attention makes it)."""
+    T = round(seconds * FRAME_RATE) + tts.delay_steps
+    x = torch.randn(B, T, tts.lm.dim, requires_grad=True)
+    cross = torch.randn(B, tts.max_speakers * VOICE_FRAMES, tts.lm.dim, requires_grad=True)
+
+    def run() -> None:
+        tts.lm.transformer(x, cross_src=cross).sum().backward()
+
+    return _median(run, repeats)
 
 
 def main() -> None:
@@ -98,14 +121,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    t1 = step_seconds(1, 1, args.segment, args.repeats)
-    t2 = step_seconds(2, 1, args.segment, args.repeats)
-    seg16 = t1 + (REAL_LAYERS - 1) * (t2 - t1)
+    tts = build(1)
+    t1 = step_seconds(tts, 1, args.segment, args.repeats)
+    layer = main_transformer_seconds(tts, 1, args.segment, args.repeats)
+    seg16 = t1 + (REAL_LAYERS - 1) * layer
     t16 = args.batch * seg16
     print(
-        f"forward + backward of one {args.segment:g} s segment, {args.threads} threads: "
-        f"1 layer {t1:.2f} s, 2 layers {t2:.2f} s, 16 layers (extrapolated) {seg16:.1f} s; "
-        f"one step of {args.batch} segments {t16:.1f} s"
+        f"one {args.segment:g} s segment, forward + backward, {args.threads} threads: the model "
+        f"with 1 main layer {t1:.2f} s (of which the main layer {layer:.2f} s); with 16 layers "
+        f"(extrapolated) {seg16:.1f} s; one step of {args.batch} segments {t16:.1f} s"
     )
     print(f"{'audio':>8} {'segments':>9} {'passes':>7} {'steps':>6} {'time (16 layers)':>18}")
     for minutes in (1, 5):

@@ -133,15 +133,16 @@ def run_create(args: argparse.Namespace) -> int:
     # Training runs autograd through the plain weights: no packed oneDNN copies.
     os.environ["DSM_CPU_PACK"] = "0"
     tts = freeze(load_model(load_tts, args, "dsm voices create ... --model DIR"))
+    initial_voice(tts)  # a checkpoint without speaker embeddings is refused here
     stt = None
     if any(t is None for t in timed):
         from dsm.stt.model import load_stt
 
         stt = load_stt(args.stt_model, device=args.device)
+    init = initial_voice(tts, audios[0])
     targets = recording_targets(
         tts, audios, timed, transcripts=plain, stt=stt, names=list(args.recordings)
     )
-    init = initial_voice(tts, audios[0])
     before = voice_loss(tts, targets, init, cfg=args.cfg, batch_size=args.batch_size)
     bar: Any = None
     if not args.quiet and sys.stderr.isatty():
