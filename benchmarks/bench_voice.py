@@ -10,9 +10,11 @@ linear in the batch on CPU). The model is built with 1 main layer (the depformer
 layers and 32 codebooks); the main transformer's forward and backward is also timed alone and
 counted 15 more times for the real 16 layers.
 
-The table gives, for 1 and 5 minutes of audio: the segments, the passes over them that
-``--steps`` steps make, and the extrapolated time (steps x step time; Mimi encoding of the
-recordings, seconds at most, is not counted).
+The table gives, for each ``--codebooks`` value (the audio loss on the first codebooks only: the
+depformer, most of the time, runs that many steps), the time of one segment and one step, and
+for 1 and 5 minutes of audio the time of ``--steps`` steps (the same: a step's cost does not
+depend on the amount of audio) with the passes over the segments they make. Mimi encoding of
+the recordings, seconds at most, is not counted.
 
     python benchmarks/bench_voice.py --threads 2 [--steps 150 --batch 4 --segment 20]
 """
@@ -84,7 +86,9 @@ def _median(run: Any, repeats: int) -> float:
     return kept[len(kept) // 2]
 
 
-def step_seconds(tts: TextToSpeech, B: int, seconds: float, repeats: int) -> float:
+def step_seconds(
+    tts: TextToSpeech, B: int, seconds: float, repeats: int, codebooks: int | None
+) -> float:
     """One voice-learning step: forward, backward, Adam on the embedding."""
     codes, text = batch(tts, B, seconds)
     voice = torch.randn(1, 512, VOICE_FRAMES).requires_grad_(True)
@@ -92,7 +96,8 @@ def step_seconds(tts: TextToSpeech, B: int, seconds: float, repeats: int) -> flo
 
     def run() -> None:
         optimizer.zero_grad()
-        loss = tts_loss(tts, codes, text, training_conditions(tts, voice, B))
+        conditions = training_conditions(tts, voice, B)
+        loss = tts_loss(tts, codes, text, conditions, codebooks=codebooks)
         loss.total.backward()
         optimizer.step()
 
@@ -119,25 +124,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="segments per step")
     parser.add_argument("--segment", type=float, default=20.0, help="segment seconds")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--codebooks", type=int, nargs="+", default=[32, 8, 1], help="--codebooks values"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tts = build(1)
-    t1 = step_seconds(tts, 1, args.segment, args.repeats)
     layer = main_transformer_seconds(tts, 1, args.segment, args.repeats)
-    seg16 = t1 + (REAL_LAYERS - 1) * layer
-    t16 = args.batch * seg16
     print(
-        f"one {args.segment:g} s segment, forward + backward, {args.threads} threads: the model "
-        f"with 1 main layer {t1:.2f} s (of which the main layer {layer:.2f} s); with 16 layers "
-        f"(extrapolated) {seg16:.1f} s; one step of {args.batch} segments {t16:.1f} s"
+        f"one {args.segment:g} s segment, forward + backward, {args.threads} threads; the main "
+        f"transformer layer alone {layer:.2f} s; counted 16 layers; {args.steps} steps of "
+        f"{args.batch} segments"
     )
-    print(f"{'audio':>8} {'segments':>9} {'passes':>7} {'steps':>6} {'time (16 layers)':>18}")
-    for minutes in (1, 5):
-        segments = math.ceil(minutes * 60 / args.segment)
-        passes = args.steps * args.batch / segments
-        total = args.steps * t16
+    heads = ("codebooks", "segment", "step", "1 min (passes)", "5 min (passes)")
+    print(f"{heads[0]:>9} {heads[1]:>8} {heads[2]:>7} {heads[3]:>16} {heads[4]:>16}")
+    for codebooks in args.codebooks:
+        t1 = step_seconds(tts, 1, args.segment, args.repeats, codebooks)
+        step = args.batch * (t1 + (REAL_LAYERS - 1) * layer)
+        cells = []
+        for minutes in (1, 5):
+            passes = args.steps * args.batch / math.ceil(minutes * 60 / args.segment)
+            cells.append(f"{args.steps * step / 60:.0f} min ({passes:.0f})")
         print(
-            f"{minutes:>6} min {segments:>9} {passes:>7.1f} {args.steps:>6} {total / 60:>14.1f} min"
+            f"{codebooks:>9} {t1 + (REAL_LAYERS - 1) * layer:>7.1f}s {step:>6.1f}s "
+            f"{cells[0]:>16} {cells[1]:>16}"
         )
 
 

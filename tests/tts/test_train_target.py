@@ -112,3 +112,19 @@ def test_loss_is_finite_and_differentiable_in_the_voice(frozen, voice, frames) -
     assert torch.isfinite(loss.total) and loss.text > 0 and loss.audio > 0
     assert learnt.grad is not None and learnt.grad.abs().sum() > 0
     assert all(p.grad is None for p in frozen.lm.parameters())
+
+
+def test_fewer_depformer_steps_give_the_first_codebooks(frozen, voice, frames) -> None:  # type: ignore[no-untyped-def]
+    """The depformer is causal over codebooks: running its first steps only gives the same
+    logits for them (what ``codebooks=`` of the loss relies on)."""
+    target = target_from_generation(frozen, TEXT, frames)
+    conditions = training_conditions(frozen, voice, 1, CFG)
+    with torch.no_grad():
+        full = frozen.lm(target.codes[None], conditions)
+        first = frozen.lm(target.codes[None], conditions, 2)
+    assert full.audio_logits is not None and first.audio_logits is not None
+    assert first.audio_logits.shape[1] == 2 and first.audio_mask is not None
+    torch.testing.assert_close(
+        first.audio_logits.nan_to_num(), full.audio_logits[:, :2].nan_to_num(), rtol=1e-5, atol=1e-5
+    )
+    assert full.audio_mask is not None and torch.equal(first.audio_mask, full.audio_mask[:, :2])

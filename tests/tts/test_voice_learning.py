@@ -57,6 +57,12 @@ def test_learning_recovers_the_voice(frozen_tts, voices, ref_tts: ReferenceTts, 
     assert loss_zero - loss_star > 1.0  # the test can tell the voices apart
     assert share < 0.5
     assert fit.losses[-1] < fit.losses[0]
+    # The fast variant: the audio loss on the semantic codebook only (the depformer's first
+    # step), judged on the full held-out loss.
+    fast = learn_voice(frozen_tts, train, v_zero, steps=24, lr=0.1 * SCALE, codebooks=1)
+    share_fast = (voice_loss(frozen_tts, held, fast.voice) - loss_star) / (loss_zero - loss_star)
+    print(f"semantic codebook only: {share_fast:.0%} of the V0 gap left")
+    assert share_fast < 0.5
 
     # The file: the repo format, loadable by dsm and by the reference.
     model_id = ModelId(**ref_tts.config["model_id"])

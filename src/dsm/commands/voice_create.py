@@ -53,6 +53,13 @@ def add_create_parser(actions: Any) -> None:
         "under (default 1.0: recorded speech is unguided)",
     )
     parser.add_argument(
+        "--codebooks",
+        type=int,
+        default=None,
+        help="audio loss on the first N codebooks only (default all): the depformer is most of "
+        "a step's time, so 1 (the semantic codebook) is several times faster",
+    )
+    parser.add_argument(
         "--stt-model", default=DEFAULT_STT, help=f"STT checkpoint for transcripts ({DEFAULT_STT})"
     )
     parser.add_argument("--seed", type=int, default=0, help="order of the segments")
@@ -143,7 +150,12 @@ def run_create(args: argparse.Namespace) -> int:
     targets = recording_targets(
         tts, audios, timed, transcripts=plain, stt=stt, names=list(args.recordings)
     )
-    before = voice_loss(tts, targets, init, cfg=args.cfg, batch_size=args.batch_size)
+    n = tts.lm.dep_q
+    if args.codebooks is not None and not 0 < args.codebooks <= n:
+        raise DsmError(f"--codebooks must be in [1, {n}], got {args.codebooks}")
+    before = voice_loss(
+        tts, targets, init, cfg=args.cfg, batch_size=args.batch_size, codebooks=args.codebooks
+    )
     bar: Any = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -165,12 +177,15 @@ def run_create(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cfg=args.cfg,
             seed=args.seed,
+            codebooks=args.codebooks,
             on_step=report,
         )
     finally:
         if bar is not None:
             bar.close()
-    after = voice_loss(tts, targets, fit.voice, cfg=args.cfg, batch_size=args.batch_size)
+    after = voice_loss(
+        tts, targets, fit.voice, cfg=args.cfg, batch_size=args.batch_size, codebooks=args.codebooks
+    )
     save_voice(out, fit.voice, tts.config.model_id)
     print(
         f"{out}: voice learnt from {len(targets)} segments of {count} recordings; loss "

@@ -67,7 +67,7 @@ __all__ = [
 
 SEMANTIC_WEIGHT = 100.0  # moshi-finetune's example first_codebook_weight_multiplier
 TEXT_PADDING_WEIGHT = 0.5  # moshi-finetune's text_padding_weight
-IGNORE = -100  # cross-entropy ignore index of masked text targets
+IGNORE = -100  # text target of the steps where the model's choice is not used
 
 
 class TargetError(DsmError, ValueError):
@@ -267,13 +267,20 @@ def tts_loss(
     semantic_weight: float = SEMANTIC_WEIGHT,
     text_padding_weight: float = TEXT_PADDING_WEIGHT,
     model: Callable[..., Any] | None = None,
+    codebooks: int | None = None,
 ) -> TtsLoss:
     """Teacher-forced loss of ``codes [B, K, T]`` with text targets ``[B, T]`` (see module).
 
     ``model``: what to call for the forward (default ``tts.lm``; a training loop passes its
-    wrapper of it, e.g. DDP)."""
+    wrapper of it, e.g. DDP). ``codebooks``: the audio loss on the first codebooks only
+    (default all that the depformer generates); the depformer then runs only those steps,
+    which is most of a step's time on tts-1.6b (see ``benchmarks/bench_voice.py``)."""
     lm = tts.lm
-    out = (lm if model is None else model)(codes.to(lm.device), conditions)
+    forward = lm if model is None else model
+    if codebooks is None:
+        out = forward(codes.to(lm.device), conditions)
+    else:
+        out = forward(codes.to(lm.device), conditions, codebooks)
     device = lm.device
     # Text: the likelihood of the action taken; any id but NEW_WORD is read as PAD.
     logits = torch.nan_to_num(out.text_logits[:, 0].float())  # [B, T, C]
@@ -290,9 +297,10 @@ def tts_loss(
     if out.audio_logits is None or out.audio_mask is None:
         raise DsmError("this checkpoint has no depformer: it does not generate audio")
     audio_logits = out.audio_logits.float()  # [B, dep_q, T, card]
-    audio_target = codes[:, 1 : 1 + lm.dep_q].to(device)
+    n = audio_logits.shape[1]
+    audio_target = codes[:, 1 : 1 + n].to(device)
     mask = out.audio_mask
-    cb_weight = torch.ones(lm.dep_q, device=device)
+    cb_weight = torch.ones(n, device=device)
     cb_weight[0] = semantic_weight
     weights_a = mask * cb_weight.view(1, -1, 1)
     ce_a = F.cross_entropy(

@@ -193,14 +193,17 @@ def voice_loss(
     *,
     cfg: float | None = None,
     batch_size: int = 4,
+    codebooks: int | None = None,
 ) -> float:
-    """Mean teacher-forced loss of ``targets`` spoken by ``voice`` (no gradient)."""
+    """Mean teacher-forced loss of ``targets`` spoken by ``voice`` (no gradient; ``codebooks``:
+    see :func:`~dsm.train.tts_target.tts_loss`)."""
     total = 0.0
     with torch.no_grad():
         for batch in _batches(list(targets), batch_size):
             codes, text = collate(batch)
             conditions = training_conditions(tts, voice, len(batch), cfg)
-            total += float(tts_loss(tts, codes, text, conditions).total) * len(batch)
+            loss = tts_loss(tts, codes, text, conditions, codebooks=codebooks)
+            total += float(loss.total) * len(batch)
     return total / len(targets)
 
 
@@ -226,11 +229,13 @@ def learn_voice(
     batch_size: int = 4,
     cfg: float | None = None,
     seed: int = 0,
+    codebooks: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> VoiceFit:
     """Adam on the embedding alone, from ``init``; ``tts`` must be frozen
     (:func:`dsm.train.tts_target.freeze`). Each step takes ``batch_size`` examples in a
-    shuffled order; ``on_step(step, loss)`` reports progress."""
+    shuffled order; ``codebooks`` limits the audio loss to the first codebooks (faster: see
+    :func:`~dsm.train.tts_target.tts_loss`); ``on_step(step, loss)`` reports progress."""
     if not targets:
         raise VoiceCreationError("no training examples")
     if any(p.requires_grad for p in tts.lm.parameters()):
@@ -248,7 +253,8 @@ def learn_voice(
         del order[:batch_size]
         codes, text = collate(picked)
         optimizer.zero_grad(set_to_none=True)
-        loss = tts_loss(tts, codes, text, training_conditions(tts, voice, len(picked), cfg))
+        conditions = training_conditions(tts, voice, len(picked), cfg)
+        loss = tts_loss(tts, codes, text, conditions, codebooks=codebooks)
         loss.total.backward()
         optimizer.step()
         losses.append(float(loss.total.detach()))
