@@ -36,8 +36,8 @@ def run(prefixed_stt: ReferenceStt, synthetic_manifest: Path, tmp_path_factory: 
         code = main([
             "finetune", "stt", "--model", str(prefixed_stt.directory), "--train",
             str(synthetic_manifest), "--out", str(out), "--lora-rank", str(RANK), "--steps", "12",
-            "--lr", "1e-2", "--batch-size", "3", "--grad-accum", "3", "--merge", "--device",
-            "cpu", "--cache-dir", str(out.parent / "cache"), "-q",
+            "--lr", "1e-2", "--batch-size", "3", "--grad-accum", "3", "--merge", "--save-every",
+            "100", "--device", "cpu", "--cache-dir", str(out.parent / "cache"), "-q",
         ])  # fmt: skip
     assert code == 0
     return out
@@ -137,3 +137,67 @@ def test_reference_loads_merged_and_adapter(prefixed_stt: ReferenceStt, run: Pat
         err_adapter = _rel(_logits(ref_adapter, tokens), expected)
     print(f"reference vs dsm: merged checkpoint {err_merged:.1e}, adapter {err_adapter:.1e}")
     assert err_merged < PARITY_RTOL and err_adapter < PARITY_RTOL
+
+
+def test_merge_command(prefixed_stt: ReferenceStt, run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    assert main(["finetune", "merge", "--model", str(prefixed_stt.directory), "--lora", str(run),
+                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    ours, theirs = (
+        read_safetensors(out / "model.safetensors"),
+        read_safetensors(run / "merged" / "model.safetensors"),
+    )
+    assert set(ours) == set(theirs)
+    worst = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+    assert worst < 1e-6, worst
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in (run / "merged").iterdir())
+    again = ["finetune", "merge", "--model", str(prefixed_stt.directory), "--lora", str(run)]
+    assert main([*again, "--out", str(out)]) == 1  # the directory is not empty: refused
+
+
+def test_moshi_finetune_adapter_loads(prefixed_stt: ReferenceStt, tmp_path: Path) -> None:
+    """moshi-finetune's LoRA output (``lora.safetensors`` with the reference's in-memory key
+    names, every linear adapted, and a config.json with the rank and scaling) loads with
+    ``--lora`` and gives the reference's logits."""
+    from moshi.modules.lora import replace_all_linear_with_lora
+    from moshi.utils.compile import no_compile
+    from safetensors.torch import save_file
+
+    ref = copy.deepcopy(prefixed_stt.lm)
+    replace_all_linear_with_lora(ref, RANK, SCALING)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if ".lora_" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))
+    lora = {k: v.contiguous() for k, v in ref.state_dict().items() if ".lora_" in k}
+    assert any(".in_projs.0.lora_A" in k for k in lora) and "text_linear.lora_B.weight" in lora
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    config = {**prefixed_stt.config, "lora": True, "lora_rank": RANK, "lora_scaling": SCALING}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = dsm.load_lm(prefixed_stt.directory, lora=tmp_path)
+    tokens = _tokens(ours)
+    with no_compile():
+        expected = _logits(ref.eval(), tokens)
+    assert _rel(_logits(dsm.load_lm(prefixed_stt.directory), tokens), expected) > 1e-3
+    err = _rel(_logits(ours, tokens), expected)
+    print(f"moshi-finetune adapter: dsm --lora vs the reference's LoRA modules {err:.1e}")
+    assert err < MERGE_RTOL
+
+
+def test_serve_takes_the_adapter(prefixed_stt: ReferenceStt, run: Path, tmp_path: Path) -> None:
+    from dsm.commands.serve import _load_stt, apply_overrides, build_parser_for_tests
+    from dsm.server.config import load_server_config
+
+    path = tmp_path / "server.toml"
+    path.write_text(f'[stt]\nmodel = "{prefixed_stt.directory}"\nlora = "{run}"\ndevice = "cpu"\n')
+    config = load_server_config(path)
+    assert config.stt.lora == str(run)
+    args = build_parser_for_tests().parse_args(["--tts-lora", "elsewhere"])
+    assert apply_overrides(config, args).tts.lora == "elsewhere"
+    stt = _load_stt(config)
+    tokens = _tokens(stt.lm)
+    assert torch.equal(
+        _logits(stt.lm, tokens), _logits(dsm.load_lm(prefixed_stt.directory, lora=run), tokens)
+    )

@@ -141,3 +141,20 @@ def test_lines_without_word_times_are_aligned(data: Path) -> None:
     failing = read_manifest(_manifest(data, {"audio": "a.wav", "text": "fail"}))
     with pytest.raises(ManifestError, match=r"m.jsonl:1: forced alignment failed"):
         align_missing(aligner, failing)  # type: ignore[arg-type]
+
+
+def test_real_aligner_when_present(prefixed_stt: object, data: Path) -> None:
+    """With ``SpeechToText.align_many`` (``dsm align``), a line without times gets one timed
+    word per word of its text, within the audio."""
+    import dsm
+    from dsm.stt.model import SpeechToText
+    from dsm.train.stt_task import align_missing
+
+    if not hasattr(SpeechToText, "align_many"):
+        pytest.skip("this dsm has no forced aligner (SpeechToText.align_many)")
+    stt = dsm.load_stt(prefixed_stt.directory, device="cpu")  # type: ignore[attr-defined]
+    items = read_manifest(_manifest(data, {"audio": "a.wav", "text": "the fox"}))
+    (aligned,) = align_missing(stt, items)
+    assert aligned.words is not None
+    assert [w.text for w in aligned.words] == ["the", "fox"]
+    assert all(0.0 <= w.start <= w.end <= SECONDS + 0.05 for w in aligned.words)

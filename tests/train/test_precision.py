@@ -36,3 +36,21 @@ def test_checkpointing_and_bf16(
     worst = max(abs(a - b) / a for a, b in zip(plain, bf16, strict=True))
     print(f"fp32 {plain}, bf16 {bf16}: worst relative difference {worst:.1e}")
     assert worst < BF16_RTOL
+
+
+def test_cli_resume_continues_the_run(
+    prefixed_stt: ReferenceStt, synthetic_manifest: Path, tmp_path: Path
+) -> None:
+    common = [
+        "finetune", "stt", "--model", str(prefixed_stt.directory), "--train",
+        str(synthetic_manifest), "--lora-rank", "4", "--lr", "1e-2", "--batch-size", "2",
+        "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "-q", "--out",
+        str(tmp_path / "run"), "--save-every", "2",
+    ]  # fmt: skip
+    assert main([*common, "--steps", "2"]) == 0
+    first = (tmp_path / "run" / "adapter.safetensors").read_bytes()
+    assert main([*common, "--steps", "4", "--resume"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "adapter.safetensors").read_bytes() != first
+    assert main([*common, "--steps", "4"]) == 1  # without --resume the directory is refused

@@ -98,7 +98,10 @@ def _add_stt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="data order and initialisation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (and at end)")
-    p.add_argument("--save-every", type=int, default=0, help="save a resumable state every N steps")
+    p.add_argument(
+        "--save-every", type=int, default=0,
+        help="save a resumable state (weights and optimizer) every N steps and at the end",
+    )  # fmt: skip
     p.add_argument("--normalizer", default="english", choices=("english", "basic", "none"),
                    help="text normalizer of the validation WER")  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="Mimi codes cache (default ~/.cache/dsm)")

@@ -49,6 +49,14 @@ def add_parser(subparsers: Any) -> None:
         "--quantize", choices=QUANT_CHOICES, default=None,
         help="quantize the LMs' projections at load (int8 or int4)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stt-lora", default=None, metavar="DIR",
+        help="merge this LoRA adapter (dsm finetune output) into the STT model at load",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tts-lora", default=None, metavar="DIR",
+        help="merge this LoRA adapter (dsm finetune output) into the TTS model at load",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(func=run)
 
@@ -73,6 +81,10 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
         config.stt.model = args.stt_model
     if args.tts_model is not None:
         config.tts.model = args.tts_model
+    if getattr(args, "stt_lora", None) is not None:
+        config.stt.lora = args.stt_lora
+    if getattr(args, "tts_lora", None) is not None:
+        config.tts.lora = args.tts_lora
     for module in (config.stt, config.tts):
         if args.batch_size is not None:
             if args.batch_size < 1:
@@ -94,7 +106,11 @@ def _load_stt(config: Any) -> Any:
 
     dtype = getattr(torch, config.stt.dtype) if config.stt.dtype else None
     return load_stt(
-        config.stt.model, device=config.stt.device, dtype=dtype, quantize=config.stt.quantize
+        config.stt.model,
+        device=config.stt.device,
+        dtype=dtype,
+        quantize=config.stt.quantize,
+        lora=config.stt.lora,
     )
 
 
@@ -108,6 +124,7 @@ def _load_tts(config: Any) -> Any:
         "device": config.tts.device,
         "dtype": dtype,
         "quantize": config.tts.quantize,
+        "lora": config.tts.lora,
     }
     if config.tts.voices:
         kwargs["voice_repo"] = config.tts.voices

@@ -61,6 +61,7 @@ class SttModuleConfig:
     device: str | None = None
     dtype: str | None = None
     quantize: str | None = None  # int8 or int4: the LM's projections quantized at load
+    lora: str | None = None  # a LoRA adapter directory (dsm finetune) merged at load
     # A connection may queue this much audio ahead of the model; beyond it the server stops
     # reading from that socket (TCP flow control) until the model catches up.
     max_buffered_seconds: float = 120.0
@@ -90,6 +91,7 @@ class TtsModuleConfig:
     device: str | None = None
     dtype: str | None = None
     quantize: str | None = None  # int8 or int4: the LM's projections quantized at load
+    lora: str | None = None  # a LoRA adapter directory (dsm finetune) merged at load
     voice: str | None = None  # default voice (a name of the voice repo, or an embedding file)
     # The voice folder clients choose from (hub repo id, fetched at start-up, or a directory);
     # default: the checkpoint's. Clients name voices inside it, never paths.

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -115,7 +115,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     eval_every: int = 0  # 0: validate at the end only
-    save_every: int = 0  # 0: no intermediate training state
+    save_every: int = 0  # 0: no resumable training state at all
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True  # when the package is installed
@@ -434,7 +434,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             validation = _validate(task, model)
             if validation:
                 metrics.log(config.steps, validation)
-            _save_state(state_dir, model, optimizer, config.steps)
+            if config.save_every:  # the final state too (optimizer moments: 3x the weights)
+                _save_state(state_dir, model, optimizer, config.steps)
             artefacts = task.save(out_dir)
         _barrier()
     finally:
@@ -467,13 +468,6 @@ def _barrier() -> None:
 
     if world()[1] > 1:
         dist.barrier()
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """``config`` as JSON-ready data (paths as strings)."""
-    data = asdict(config)
-    data["out_dir"] = str(config.out_dir)
-    return data
 
 
 def init_distributed() -> tuple[int, int]:
