@@ -3,6 +3,7 @@ status 1 and no file written."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -45,18 +46,22 @@ def test_json_srt_vtt_files_and_stdout(
     [
         ("missing audio", "audio file not found"),
         ("empty transcript", "transcript is empty"),
+        ("empty stdin", "transcript is empty"),
         ("too long", "leaves room for"),
         ("no transcript", "give the transcript"),
     ],
 )
 def test_errors_write_nothing(
     stt_dir: Path, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    case: str, message: str,
+    monkeypatch: pytest.MonkeyPatch, case: str, message: str,
 ) -> None:  # fmt: skip
     audio = str(tmp_path / "absent.wav") if case == "missing audio" else str(wav)
     script = tmp_path / "script.txt"
     script.write_text({"empty transcript": " \n", "too long": "the " * 400}.get(case, "the"))
     transcript = [] if case == "no transcript" else [str(script)]
+    if case == "empty stdin":
+        monkeypatch.setattr("sys.stdin", io.StringIO(" \n\t"))
+        transcript = ["-"]
     out = tmp_path / "out"
     args = ["align", "--model", str(stt_dir), "--device", "cpu", audio, *transcript]
     assert main([*args, "-o", str(out)]) == 1

@@ -381,8 +381,9 @@ class SpeechToText:
         on_result: Callable[[int, Transcript | TranscriptionFailure], None] | None = None,
     ) -> list[Transcript | TranscriptionFailure]:
         """:meth:`align` for many ``(audio, text)`` pairs, batched like :meth:`transcribe_many`;
-        a pair that fails gives a :class:`TranscriptionFailure` in its place. Each audio is
-        decoded whole before its slot starts (its length sets the deadline of its words)."""
+        a pair that fails gives a :class:`TranscriptionFailure` in its place. Every audio is
+        decoded whole first (its length sets the deadline of its words), so the inputs of one
+        call must fit in memory together."""
         from dsm.audio import load_audio
 
         results: list[Transcript | TranscriptionFailure | None] = [None] * len(items)
