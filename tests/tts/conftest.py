@@ -17,3 +17,12 @@ def tts(ref_tts: ReferenceTts):  # type: ignore[no-untyped-def]
     from dsm.tts.model import load_tts
 
     return load_tts(ref_tts.directory, voice_repo=ref_tts.voice_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def frozen_tts(ref_tts: ReferenceTts):  # type: ignore[no-untyped-def]
+    """The tiny TTS model frozen for training (plain weights, no parameter gradients)."""
+    from dsm.train.tts_target import freeze
+    from dsm.tts.model import load_tts
+
+    return freeze(load_tts(ref_tts.directory, voice_repo=ref_tts.voice_dir, device="cpu"))

@@ -47,6 +47,9 @@ def add_parser(subparsers: Any) -> None:
     _add_stt_arguments(stt)
     add_model_arguments(stt, DEFAULT_STT)
     stt.set_defaults(func=run_stt)
+    from dsm.commands.finetune_tts import add_tts_parser
+
+    add_tts_parser(sub)
     merge = sub.add_parser(
         "merge",
         help="merge a LoRA adapter into a full checkpoint directory",

@@ -1,4 +1,5 @@
-"""``dsm voices``: the voices available for a TTS checkpoint (local directory or hub cache)."""
+"""``dsm voices``: the voices available for a TTS checkpoint (local directory or hub cache), and
+``dsm voices create``: a new voice learnt from recordings of a speaker (:mod:`dsm.train.voice`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def add_parser(subparsers: Any) -> None:
         "--all", action="store_true", help="every embedding, whatever checkpoint it was made for"
     )
     parser.set_defaults(func=run)
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    from dsm.commands.voice_create import add_create_parser
+
+    add_create_parser(actions)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -436,32 +436,36 @@ class LMModel(nn.Module):
         return self.linears[step](self.depformer_norms[step](y[:, 0]))
 
     def forward_depformer_training(
-        self, tokens: torch.Tensor, hidden: torch.Tensor
+        self, tokens: torch.Tensor, hidden: torch.Tensor, steps: int | None = None
     ) -> torch.Tensor:
         """All depformer steps in parallel: ``tokens [B, K, T]`` (the targets' inputs, delayed),
-        ``hidden [B, T, D]`` -> audio logits ``[B, dep_q, T, card]``.
+        ``hidden [B, T, D]`` -> audio logits ``[B, steps, T, card]``.
 
         Step ``c`` reads the text token (c = 0) or audio codebook ``c - 1`` of the same frame.
+        ``steps``: only the first codebooks (default all ``dep_q``); the depformer is causal
+        over codebooks, so their logits are the same.
         """
         dep = self.depformer
         if dep is None:
             raise RuntimeError("this model has no depformer (dep_q = 0)")
         B, _, T = tokens.shape
+        n = self.dep_q if steps is None else steps
+        if not 0 < n <= self.dep_q:
+            raise ValueError(f"steps must be in [1, {self.dep_q}], got {n}")
         inputs = []
         projected: dict[int, torch.Tensor] = {}
-        for c in range(self.dep_q):
+        for c in range(n):
             i = self._depformer_in_index(c)
             if i not in projected:
                 projected[i] = self.depformer_in[i](hidden)
             tok = tokens[:, 0] if c == 0 else tokens[:, AUDIO_OFFSET + c - 1]
             inputs.append(self._depformer_token_emb(c, tok) + projected[i])
-        x = torch.stack(inputs, dim=2).view(B * T, self.dep_q, -1)  # [B*T, dep_q, ddim]
+        x = torch.stack(inputs, dim=2).view(B * T, n, -1)  # [B*T, n, ddim]
         if self._dep_sin:
             x = x + self._sin(dep, x, self._dep_max_period)
         y = dep(x)
         logits = [
-            self.linears[c](self.depformer_norms[c](y[:, c])).view(B, T, -1)
-            for c in range(self.dep_q)
+            self.linears[c](self.depformer_norms[c](y[:, c])).view(B, T, -1) for c in range(n)
         ]
         return torch.stack(logits, dim=1)
 
@@ -546,13 +550,19 @@ class LMModel(nn.Module):
         initial[:, 0] = self.text_initial_token_id
         return initial
 
-    def forward(self, codes: torch.Tensor, conditions: Conditions | None = None) -> LMOutput:
+    def forward(
+        self,
+        codes: torch.Tensor,
+        conditions: Conditions | None = None,
+        depformer_steps: int | None = None,
+    ) -> LMOutput:
         """Teacher-forced logits for ``codes [B, K, T]``, aligned with the codes.
 
         Stream ``k`` is delayed by ``delays[k]`` (initial tokens fill the gap), an initial
         column is prepended and the last dropped, so step ``s`` predicts the delayed column
         ``s``. Logits are then shifted back; positions beyond the end are NaN and masked, as
         are targets equal to -1. Works without a depformer (``audio_logits`` is then None).
+        ``depformer_steps``: audio logits of the first codebooks only (default all).
         """
         if codes.shape[1] != self.num_codebooks:
             raise ValueError(
@@ -579,10 +589,11 @@ class LMModel(nn.Module):
         text_mask = text_mask & (codes[:, :1] != ZERO_TOKEN_ID)
         audio_logits = audio_mask = None
         if self.depformer is not None:
-            logits = self.forward_depformer_training(delayed, hidden)
-            audio_delays = self.delays[AUDIO_OFFSET : AUDIO_OFFSET + self.dep_q]
+            logits = self.forward_depformer_training(delayed, hidden, depformer_steps)
+            n = logits.shape[1]
+            audio_delays = self.delays[AUDIO_OFFSET : AUDIO_OFFSET + n]
             audio_logits, audio_mask = _undelay(logits, audio_delays)
-            targets = codes[:, AUDIO_OFFSET : AUDIO_OFFSET + self.dep_q]
+            targets = codes[:, AUDIO_OFFSET : AUDIO_OFFSET + n]
             audio_mask = audio_mask & (targets != ZERO_TOKEN_ID)
         return LMOutput(text_logits, audio_logits, text_mask, audio_mask)
 
