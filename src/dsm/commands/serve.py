@@ -49,6 +49,10 @@ def add_parser(subparsers: Any) -> None:
         "--quantize", choices=QUANT_CHOICES, default=None,
         help="quantize the LMs' projections at load (int8 or int4)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-ui", action="store_true", default=False,
+        help="don't serve the browser playground at / (live transcription, TTS)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(func=run)
 
@@ -69,6 +73,8 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
         config.port = args.port
     if args.api_key:
         config.authorized_ids = list(args.api_key)
+    if getattr(args, "no_ui", False):
+        config.ui = False
     if args.stt_model is not None:
         config.stt.model = args.stt_model
     if args.tts_model is not None:

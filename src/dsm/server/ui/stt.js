@@ -1,0 +1,208 @@
+// The transcription view: microphone or file -> the STT WebSocket -> words with their times,
+// the semantic-VAD pause probability and end-of-turn marks; copy / download the transcript.
+
+import { openSession } from "./conn.js";
+import { download, toSrt, toTxt, toVtt } from "./formats.js";
+
+const $ = (id) => document.getElementById(id);
+// End of turn as dsm's VadOptions: head 2 (pause within 2 s) over 0.5, re-armed by a word.
+const VAD_HEAD = 2;
+const VAD_THRESHOLD = 0.5;
+const FLUSH_MARKER = 1;
+
+export function initStt(ctx) {
+  const cfg = ctx.config.stt;
+  const rate = ctx.config.sample_rate;
+  const frameSize = ctx.config.frame_size;
+  const status = $("stt-status");
+  const words = [];
+  let session = null;
+  let capture = null; // {audio, node, stream}
+  let armed = false;
+  let busy = false; // a mic or file session is running
+
+  if (cfg.vad) $("vad").hidden = false;
+
+  const state = (text) => { $("stt-state").textContent = text; };
+
+  function addWord(text, start) {
+    const w = { text, start, end: null, turnEnd: false };
+    words.push(w);
+    const span = document.createElement("span");
+    span.className = "word";
+    span.append(text);
+    const t = document.createElement("small");
+    t.textContent = `${start.toFixed(2)} s`;
+    span.append(t);
+    $("transcript").append(span);
+    armed = true;
+  }
+
+  function markTurnEnd() {
+    if (!words.length) return;
+    words[words.length - 1].turnEnd = true;
+    const mark = document.createElement("span");
+    mark.className = "turn-end";
+    mark.textContent = "end of turn";
+    $("transcript").append(mark);
+  }
+
+  function onMessage(msg) {
+    if (msg.type === "Word") addWord(msg.text, msg.start_time);
+    else if (msg.type === "EndWord" && words.length) words[words.length - 1].end = msg.stop_time;
+    else if (msg.type === "Step" && cfg.vad && msg.prs && msg.prs.length > VAD_HEAD) {
+      const p = msg.prs[VAD_HEAD];
+      $("pause-bar").value = p;
+      $("pause-value").textContent = p.toFixed(2);
+      if (armed && p > VAD_THRESHOLD) { armed = false; markTurnEnd(); }
+    } else if (msg.type === "Marker" && msg.id === FLUSH_MARKER) {
+      session.close();
+    }
+  }
+
+  function setBusy(on, micOn = false) {
+    busy = on;
+    $("mic-button").setAttribute("aria-pressed", String(micOn));
+    $("mic-button").textContent = micOn ? "■ Stop microphone" : "🎙 Start microphone";
+    $("mic-button").disabled = on && !micOn;
+    $("file-input").disabled = on;
+  }
+
+  function stopCapture() {
+    if (!capture) return;
+    for (const track of capture.stream.getTracks()) track.stop();
+    capture.audio.close();
+    capture = null;
+  }
+
+  function finish(err, retry) {
+    stopCapture();
+    setBusy(false);
+    if (err) { state(""); ctx.fail(status, err, retry); }
+    else state(`Done: ${words.length} words.`);
+  }
+
+  async function connect(retry) {
+    await ctx.ensureKey();
+    return openSession(cfg.path, {}, {
+      auth: ctx.config.auth,
+      handlers: {
+        message: onMessage,
+        end: () => { session = null; finish(null); },
+        fail: (err) => { session = null; finish(err, retry); },
+      },
+    });
+  }
+
+  /** After the last audio: enough silence for the model to emit its last words, then a marker. */
+  function flush() {
+    const frames = Math.ceil((cfg.delay_seconds + 0.5) * rate / frameSize);
+    for (let i = 0; i < frames; i++) session.send({ type: "Audio", pcm: new Float32Array(frameSize) });
+    session.send({ type: "Marker", id: FLUSH_MARKER });
+    state("Finishing…");
+  }
+
+  async function startMic() {
+    ctx.showStatus(status, "");
+    setBusy(true, true);
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+    } catch (e) {
+      setBusy(false);
+      const denied = e && (e.name === "NotAllowedError" || e.name === "SecurityError");
+      const text = denied
+        ? "Microphone access was denied. Allow the microphone for this site in the browser's settings, then retry."
+        : `No microphone could be opened (${e && e.name ? e.name : e}).`;
+      ctx.showStatus(status, text, [{ label: "Retry", run: startMic }]);
+      return;
+    }
+    try {
+      session = await connect(startMic);
+    } catch (err) {
+      for (const track of stream.getTracks()) track.stop();
+      finish(err, startMic);
+      return;
+    }
+    const audio = new AudioContext();
+    await audio.audioWorklet.addModule("/ui/capture-worklet.js");
+    const source = audio.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(audio, "dsm-capture", {
+      processorOptions: { targetRate: rate, frameSize },
+    });
+    const mute = audio.createGain();
+    mute.gain.value = 0;
+    node.port.onmessage = (event) => {
+      if (!session) return;
+      if (event.data.type === "frame") session.send({ type: "Audio", pcm: event.data.pcm });
+      else if (event.data.type === "flushed") {
+        if (event.data.pcm.length) session.send({ type: "Audio", pcm: event.data.pcm });
+        stopCapture();
+        flush();
+      }
+    };
+    source.connect(node).connect(mute).connect(audio.destination);
+    capture = { audio, node, stream };
+    state("Listening…");
+  }
+
+  function stopMic() {
+    if (capture) capture.node.port.postMessage({ type: "flush" });
+    $("mic-button").disabled = true;
+  }
+
+  async function decodeFile(file) {
+    const data = await file.arrayBuffer();
+    const probe = new AudioContext();
+    let decoded;
+    try { decoded = await probe.decodeAudioData(data); } finally { probe.close(); }
+    const length = Math.ceil(decoded.duration * rate);
+    const offline = new OfflineAudioContext(1, Math.max(1, length), rate);
+    const src = offline.createBufferSource();
+    src.buffer = decoded;
+    src.connect(offline.destination);
+    src.start();
+    return (await offline.startRendering()).getChannelData(0);
+  }
+
+  async function sendFile(file) {
+    ctx.showStatus(status, "");
+    const retry = () => sendFile(file);
+    setBusy(true);
+    state(`Reading ${file.name}…`);
+    let pcm;
+    try { pcm = await decodeFile(file); } catch (e) {
+      setBusy(false);
+      state("");
+      ctx.showStatus(status, `The browser cannot decode ${file.name}: choose another audio file.`);
+      return;
+    }
+    try { session = await connect(retry); } catch (err) { finish(err, retry); return; }
+    state(`Transcribing ${file.name} (${(pcm.length / rate).toFixed(1)} s)…`);
+    for (let i = 0; i < pcm.length; i += frameSize) {
+      session.send({ type: "Audio", pcm: pcm.slice(i, i + frameSize) });
+    }
+    flush();
+  }
+
+  $("mic-button").addEventListener("click", () => (capture ? stopMic() : busy ? null : startMic()));
+  $("file-input").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = "";
+    if (file && !busy) sendFile(file);
+  });
+  $("copy-button").addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(toTxt(words)); state("Copied."); } catch (e) {
+      state("The browser refused the clipboard: use Download .txt.");
+    }
+  });
+  const save = (fn, ext, type) => download(new Blob([fn(words)], { type }), `transcript.${ext}`);
+  $("txt-button").addEventListener("click", () => save(toTxt, "txt", "text/plain"));
+  $("srt-button").addEventListener("click", () => save(toSrt, "srt", "application/x-subrip"));
+  $("vtt-button").addEventListener("click", () => save(toVtt, "vtt", "text/vtt"));
+  $("clear-button").addEventListener("click", () => {
+    words.length = 0;
+    $("transcript").replaceChildren();
+    state("");
+  });
+}
