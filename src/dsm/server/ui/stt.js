@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const VAD_HEAD = 2;
 const VAD_THRESHOLD = 0.5;
 const FLUSH_MARKER = 1;
+const FLUSH_SECONDS = 1.0; // silence before the flush marker: a word ends after its last sound
 
 export function initStt(ctx) {
   const cfg = ctx.config.stt;
@@ -20,6 +21,7 @@ export function initStt(ctx) {
   let capture = null; // {audio, node, stream}
   let armed = false;
   let busy = false; // a mic or file session is running
+  let sentSamples = 0; // audio samples sent in this session (before the flush)
 
   if (cfg.vad) $("vad").hidden = false;
 
@@ -48,6 +50,7 @@ export function initStt(ctx) {
   }
 
   function onMessage(msg) {
+    if (!session || !session.open) return; // after the flush marker: the rest is the padding's
     if (msg.type === "Word") addWord(msg.text, msg.start_time);
     else if (msg.type === "EndWord" && words.length) words[words.length - 1].end = msg.stop_time;
     else if (msg.type === "Step" && cfg.vad && msg.prs && msg.prs.length > VAD_HEAD) {
@@ -94,11 +97,18 @@ export function initStt(ctx) {
     });
   }
 
-  /** After the last audio: enough silence for the model to emit its last words, then a marker. */
-  function flush() {
-    const frames = Math.ceil((cfg.delay_seconds + 0.5) * rate / frameSize);
-    for (let i = 0; i < frames; i++) session.send({ type: "Audio", pcm: new Float32Array(frameSize) });
+  /** After the last audio (`sent` samples): silence to a whole frame and FLUSH_SECONDS more, a
+   * marker, then silence for the model's delay. The server returns the marker once the model
+   * has heard the audio before it (the words of the speech are out by then); the page closes. */
+  function flush(sent) {
+    const silence = (frames) => {
+      for (let i = 0; i < frames; i++) session.send({ type: "Audio", pcm: new Float32Array(frameSize) });
+    };
+    const pad = (frameSize - (sent % frameSize)) % frameSize;
+    if (pad) session.send({ type: "Audio", pcm: new Float32Array(pad) });
+    silence(Math.ceil((FLUSH_SECONDS * rate) / frameSize));
     session.send({ type: "Marker", id: FLUSH_MARKER });
+    silence(Math.ceil(((cfg.delay_seconds + 0.5) * rate) / frameSize));
     state("Finishing…");
   }
 
@@ -107,7 +117,9 @@ export function initStt(ctx) {
     setBusy(true, true);
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+      // The model hears the room as it is: no gain control, echo cancelling or denoising.
+      const raw = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+      stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, ...raw } });
     } catch (e) {
       setBusy(false);
       const denied = e && (e.name === "NotAllowedError" || e.name === "SecurityError");
@@ -134,15 +146,17 @@ export function initStt(ctx) {
     mute.gain.value = 0;
     node.port.onmessage = (event) => {
       if (!session) return;
-      if (event.data.type === "frame") session.send({ type: "Audio", pcm: event.data.pcm });
-      else if (event.data.type === "flushed") {
-        if (event.data.pcm.length) session.send({ type: "Audio", pcm: event.data.pcm });
+      const pcm = event.data.pcm;
+      if (pcm.length) session.send({ type: "Audio", pcm });
+      sentSamples += pcm.length;
+      if (event.data.type === "flushed") {
         stopCapture();
-        flush();
+        flush(sentSamples);
       }
     };
     source.connect(node).connect(mute).connect(audio.destination);
     capture = { audio, node, stream };
+    sentSamples = 0;
     state("Listening…");
   }
 
@@ -182,7 +196,7 @@ export function initStt(ctx) {
     for (let i = 0; i < pcm.length; i += frameSize) {
       session.send({ type: "Audio", pcm: pcm.slice(i, i + frameSize) });
     }
-    flush();
+    flush(pcm.length);
   }
 
   $("mic-button").addEventListener("click", () => (capture ? stopMic() : busy ? null : startMic()));
