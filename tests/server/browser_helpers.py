@@ -35,8 +35,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
+    "--deny-permission-prompts",  # a context not granted the microphone is refused it
 ]
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from dsm.frames import FRAME_SIZE, SAMPLE_RATE
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.stt.vad import VadOptions
 
 __all__ = ["UI_FILES", "add_routes", "openapi_paths", "ui_config"]
 
@@ -48,7 +49,7 @@ _CSP = (
 
 
 def _read(name: str) -> bytes:
-    return resources.files("dsm.server").joinpath("ui", name).read_bytes()
+    return resources.files("dsm.server").joinpath("ui").joinpath(name).read_bytes()
 
 
 def _file_response(name: str) -> web.Response:
@@ -85,9 +86,12 @@ def ui_config(server: DsmServer) -> dict[str, Any]:
     stt: dict[str, Any] | None = None
     if server.stt is not None:
         model = server.stt.stt
+        vad = VadOptions()  # the end-of-turn rule of dsm's live sessions
         stt = {
             "path": server.config.stt.path,
             "vad": bool(model.has_vad),
+            "vad_head": vad.head,
+            "vad_threshold": vad.threshold,
             "delay_seconds": float(model.delay_seconds),
         }
     tts: dict[str, Any] | None = None

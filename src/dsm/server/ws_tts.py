@@ -97,7 +97,9 @@ def session_sampling(query: Any, module: TtsModule) -> tuple[float | None, float
         supported = module.tts.cfg_values
         if supported and cfg not in supported:
             valid = ", ".join(f"{v:g}" for v in supported)
-            raise ProtocolError(f"cfg {cfg:g} is not supported by this checkpoint; use one of {valid}")
+            raise ProtocolError(
+                f"cfg {cfg:g} is not supported by this checkpoint; use one of {valid}"
+            )
         if not supported and cfg != module.cfg:
             raise ProtocolError(
                 f"this checkpoint's guidance strength is fixed by the server (cfg {module.cfg:g})"

@@ -46,12 +46,15 @@ async function whyNotOpened(auth, key) {
 }
 
 function closeText(event) {
-  const reason = event.reason ? `: ${event.reason}` : "";
-  if (event.code === 1001) return `The server is shutting down${reason}.`;
-  if (event.code === 1013) return FULL_TEXT;
-  if (event.code === 1008) return `The server ended the session${reason}.`;
-  if (event.code === 1011) return `The server failed${reason}.`;
-  return `Connection lost (code ${event.code}${reason}).`;
+  const base = {
+    1001: "The server is shutting down",
+    1008: "The server ended the session",
+    1011: "The server failed",
+    1013: FULL_TEXT.slice(0, -1),
+  }[event.code] || `Connection lost (code ${event.code})`;
+  const reason = event.reason && !base.toLowerCase().includes(event.reason.toLowerCase().replace(/\.$/, ""))
+    ? `: ${event.reason}` : "";
+  return `${base}${reason}.`.replace(/\.\.$/, ".");
 }
 
 /**

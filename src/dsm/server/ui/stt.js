@@ -5,9 +5,6 @@ import { openSession } from "./conn.js";
 import { download, toSrt, toTxt, toVtt } from "./formats.js";
 
 const $ = (id) => document.getElementById(id);
-// End of turn as dsm's VadOptions: head 2 (pause within 2 s) over 0.5, re-armed by a word.
-const VAD_HEAD = 2;
-const VAD_THRESHOLD = 0.5;
 const FLUSH_MARKER = 1;
 const FLUSH_SECONDS = 1.0; // silence before the flush marker: a word ends after its last sound
 
@@ -23,6 +20,10 @@ export function initStt(ctx) {
   let busy = false; // a mic or file session is running
   let sentSamples = 0; // audio samples sent in this session (before the flush)
 
+  // End of turn as dsm's EndOfTurnDetector (the server's VadOptions): one head's pause
+  // probability over the threshold, re-armed by the next word.
+  const vadHead = cfg.vad_head;
+  const vadThreshold = cfg.vad_threshold;
   if (cfg.vad) $("vad").hidden = false;
 
   const state = (text) => { $("stt-state").textContent = text; };
@@ -53,11 +54,11 @@ export function initStt(ctx) {
     if (!session || !session.open) return; // after the flush marker: the rest is the padding's
     if (msg.type === "Word") addWord(msg.text, msg.start_time);
     else if (msg.type === "EndWord" && words.length) words[words.length - 1].end = msg.stop_time;
-    else if (msg.type === "Step" && cfg.vad && msg.prs && msg.prs.length > VAD_HEAD) {
-      const p = msg.prs[VAD_HEAD];
+    else if (msg.type === "Step" && cfg.vad && msg.prs && msg.prs.length > vadHead) {
+      const p = msg.prs[vadHead];
       $("pause-bar").value = p;
       $("pause-value").textContent = p.toFixed(2);
-      if (armed && p > VAD_THRESHOLD) { armed = false; markTurnEnd(); }
+      if (armed && p > vadThreshold) { armed = false; markTurnEnd(); }
     } else if (msg.type === "Marker" && msg.id === FLUSH_MARKER) {
       session.close();
     }
@@ -66,7 +67,7 @@ export function initStt(ctx) {
   function setBusy(on, micOn = false) {
     busy = on;
     $("mic-button").setAttribute("aria-pressed", String(micOn));
-    $("mic-button").textContent = micOn ? "■ Stop microphone" : "🎙 Start microphone";
+    $("mic-button").textContent = micOn ? "Stop microphone" : "Start microphone";
     $("mic-button").disabled = on && !micOn;
     $("file-input").disabled = on;
   }
