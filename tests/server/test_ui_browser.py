@@ -6,12 +6,10 @@ One browser per module; the fake microphone plays the first seconds of ``samples
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgpack
 import numpy as np
 import pytest
@@ -288,7 +286,8 @@ def test_page_msgpack_matches_python(browser: Any, stt: dsm.SpeechToText) -> Non
             const decoded = packed.map((b) => JSON.parse(JSON.stringify(
                 m.decode(new Uint8Array(b)), (k, v) => plain(v))));
             const reencoded = packed.map((b) => Array.from(m.encode(m.decode(new Uint8Array(b)))));
-            const audio = Array.from(m.encode({type: 'Audio', pcm: new Float32Array([0.5, -1, 3e-8])}));
+            const pcm = new Float32Array([0.5, -1, 3e-8]);
+            const audio = Array.from(m.encode({type: 'Audio', pcm}));
             return {decoded, reencoded, audio};
         }"""
         out = page.evaluate(script, packed)
