@@ -126,6 +126,8 @@ async def _serve(config: Any, stt: Any, tts: Any) -> None:
     running = await start_server(config, stt=stt, tts=tts, ready=False)
     log = logging.getLogger("dsm.server")
     log.info("listening on %s (%s)", running.http_url, "open" if config.open else "API keys")
+    if config.ui:
+        log.info("browser playground at %s/ (--no-ui turns it off)", running.http_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -86,8 +86,15 @@ export function initStt(ctx) {
     else state(`Done: ${words.length} words.`);
   }
 
+  function clear() {
+    words.length = 0;
+    armed = false;
+    $("transcript").replaceChildren();
+  }
+
   async function connect(retry) {
     await ctx.ensureKey();
+    clear(); // one transcript per session: its times start at 0
     return openSession(cfg.path, {}, {
       auth: ctx.config.auth,
       handlers: {
@@ -215,9 +222,5 @@ export function initStt(ctx) {
   $("txt-button").addEventListener("click", () => save(toTxt, "txt", "text/plain"));
   $("srt-button").addEventListener("click", () => save(toSrt, "srt", "application/x-subrip"));
   $("vtt-button").addEventListener("click", () => save(toVtt, "vtt", "text/vtt"));
-  $("clear-button").addEventListener("click", () => {
-    words.length = 0;
-    $("transcript").replaceChildren();
-    state("");
-  });
+  $("clear-button").addEventListener("click", () => { clear(); state(""); });
 }
