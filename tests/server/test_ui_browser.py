@@ -6,6 +6,8 @@ One browser per module; the fake microphone plays the first seconds of ``samples
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,15 @@ def _words(page: Any, container: str) -> list[tuple[str, str]]:
         f"{container} .word",
         "els => els.map(e => [e.firstChild.textContent, e.querySelector('small').textContent])",
     )
+
+
+def _http_error(url: str) -> tuple[int, str]:
+    """Status and body of a GET that fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
 
 
 def _best_correlation(sent: np.ndarray, sample: np.ndarray) -> float:
@@ -192,6 +203,13 @@ def test_tts_plays_and_downloads_synthesize(
         page.set_viewport_size({"width": 390, "height": 844})
         page.screenshot(path=str(shots / "tts-phone.png"), full_page=True)
         page.context.close()
+        # The route checks the page's sampling parameters before the upgrade.
+        refused = [_http_error(f"{server.url}/api/tts_streaming?{q}")
+                   for q in ("temperature=-1", "temperature=x", "cfg=7")]  # fmt: skip
+    assert [status for status, _ in refused] == [400, 400, 400]
+    assert "temperature must be in [0, 10]" in refused[0][1]
+    assert "temperature must be a number" in refused[1][1]
+    assert "cfg 7 is not supported by this checkpoint" in refused[2][1]
 
     frames = [m for m in log.received if m.get("type") == "Audio"]
     assert frames and "first audio in" in state and f"{len(frames)} frames" in state
