@@ -13,6 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import msgpack
+import numpy as np
 import pytest
 
 import dsm
@@ -24,7 +26,8 @@ from dsm.server.protocol import ProtocolError
 from dsm.server.ui_routes import UI_FILES
 from dsm.server.ws_tts import session_sampling
 from dsm.stt.vad import VadOptions
-from tests.server.conftest import run, serving
+from tests.server.conftest import KEY, pack, receive, run, serving
+from tests.server.tts_helpers import TEXT, serving_tts, shared_tts
 
 ROOT = Path(__file__).resolve().parents[2]
 UI_DIR = ROOT / "src" / "dsm" / "server" / "ui"
@@ -126,3 +129,36 @@ def test_tts_session_sampling_is_checked() -> None:
         with pytest.raises(ProtocolError) as info:
             session_sampling(query, module)  # type: ignore[arg-type]
         assert message in str(info.value)
+
+
+def test_session_temperature_does_not_leak_to_the_next_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """One slot: a session sampling at 0.8, then one without ``temperature`` speaks greedily
+    (the server's 0), exactly as ``synthesize`` at temperature 0."""
+    shared = shared_tts(tmp_path_factory)
+
+    async def speak(http: aiohttp.ClientSession, url: str) -> np.ndarray:
+        async with http.ws_connect(url, headers={"kyutai-api-key": KEY}) as ws:
+            assert (await receive(ws))["type"] == "Ready"
+            for word in TEXT.split():
+                await ws.send_bytes(pack({"type": "Text", "text": word}))
+            await ws.send_bytes(pack({"type": "Eos"}))
+            pcm = [
+                np.asarray(m["pcm"], np.float32)
+                for m in [msgpack.unpackb(msg.data) async for msg in ws]
+                if m["type"] == "Audio"
+            ]
+        return np.concatenate(pcm)
+
+    async def body() -> tuple[np.ndarray, np.ndarray]:
+        async with serving_tts(shared.tts, shared.voice, batch_size=1) as srv:
+            url = f"{srv.ws_url}/api/tts_streaming?format=PcmMessagePack"
+            async with aiohttp.ClientSession() as http:
+                hot = await speak(http, url + "&temperature=0.8")
+                greedy = await speak(http, url)
+        return hot, greedy
+
+    hot, greedy = run(body, timeout=120)
+    np.testing.assert_allclose(greedy, shared.whole.pcm, atol=1e-5)
+    assert hot.shape != greedy.shape or not np.allclose(hot, greedy, atol=1e-3)
