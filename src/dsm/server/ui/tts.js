@@ -40,7 +40,8 @@ export function initTts(ctx) {
   };
 
   function highlight() {
-    if (!audio || startAt === null) { raf = requestAnimationFrame(highlight); return; }
+    if (!audio) return; // stopped
+    if (startAt === null) { if (session) raf = requestAnimationFrame(highlight); return; }
     const played = audio.currentTime - startAt;
     words.forEach((w, i) => spans[i].classList.toggle("spoken", w.start <= played));
     if (session || played < nextAt - startAt) raf = requestAnimationFrame(highlight);
