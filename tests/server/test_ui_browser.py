@@ -87,6 +87,31 @@ def _words(page: Any, container: str) -> list[tuple[str, str]]:
     )
 
 
+_LOW_THRESHOLD = 0.1
+
+
+def _low_vad_threshold(route: Any) -> None:
+    """Serve ``/api/ui_config`` with a low end-of-turn threshold (the tiny model's pause
+    probabilities rarely pass dsm's 0.5 right after a word)."""
+    response = route.fetch()
+    config = response.json()
+    config["stt"]["vad_threshold"] = _LOW_THRESHOLD
+    route.fulfill(response=response, json=config)
+
+
+def _turn_ends(messages: list[dict[str, Any]], vad: VadOptions | None = None) -> int:
+    """End-of-turn marks by dsm's rule: the head's pause probability over the threshold after
+    a word (then re-armed by the next word)."""
+    vad = vad or VadOptions()
+    armed, turns = False, 0
+    for m in messages:
+        if m["type"] == "Word":
+            armed = True
+        elif m["type"] == "Step" and armed and m["prs"][vad.head] > vad.threshold:
+            armed, turns = False, turns + 1
+    return turns
+
+
 def _http_error(url: str) -> tuple[int, str]:
     """Status and body of a GET that fails."""
     try:
@@ -158,12 +183,7 @@ def test_live_transcription_equals_transcribe(
     assert len(shown) >= complete >= 1
     # End-of-turn marks: where the server's pause probabilities cross dsm's VAD threshold after
     # a word (the messages the page read, up to the flush marker's return).
-    vad, armed, turns = VadOptions(), False, 0
-    for m in log.received[: [m["type"] for m in log.received].index("Marker")]:
-        if m["type"] == "Word":
-            armed = True
-        elif m["type"] == "Step" and armed and m["prs"][vad.head] > vad.threshold:
-            armed, turns = False, turns + 1
+    turns = _turn_ends(log.received[: [m["type"] for m in log.received].index("Marker")])
     print(f"end-of-turn marks: {marks} shown, {turns} expected")
     assert marks == turns
     # The audio sent is the sample (resampled by Chromium and the page's worklet): each 0.5 s
@@ -330,7 +350,11 @@ def test_page_msgpack_matches_python(browser: Any, stt: dsm.SpeechToText) -> Non
 
 
 def test_file_picker_and_transcript_downloads(
-    browser: Any, stt: dsm.SpeechToText, sample_wav: tuple[Path, np.ndarray], tmp_path: Path
+    browser: Any,
+    stt: dsm.SpeechToText,
+    sample_wav: tuple[Path, np.ndarray],
+    tmp_path: Path,
+    shots: Path,
 ) -> None:
     """A file goes through the same stream (its audio is the file's); txt/srt/vtt hold the
     words shown, with their times."""
@@ -344,6 +368,7 @@ def test_file_picker_and_transcript_downloads(
     with thread_server(config, stt=stt) as server:
         page = _page(browser)
         log = SocketLog(page)
+        page.route("**/api/ui_config", _low_vad_threshold)  # so that turns end in 2 s
         page.goto(server.url)
         page.wait_for_selector("body[data-ready=true]")
         page.set_input_files("#file-input", str(short))
@@ -351,6 +376,8 @@ def test_file_picker_and_transcript_downloads(
             "() => document.querySelector('#stt-state').textContent.startsWith('Done')"
         )
         shown = _words(page, "#transcript")
+        marks = page.locator("#transcript .turn-end").count()
+        page.screenshot(path=str(shots / "stt-file.png"), full_page=True)
         files = {}
         for ext in ("txt", "srt", "vtt"):
             with page.expect_download() as info:
@@ -371,6 +398,9 @@ def test_file_picker_and_transcript_downloads(
     received = log.received[: [m["type"] for m in log.received].index("Marker")]
     wire = [(m["text"], f"{m['start_time']:.2f} s") for m in received if m["type"] == "Word"]
     assert [tuple(w) for w in shown] == wire and wire
+    turns = _turn_ends(received, VadOptions(threshold=_LOW_THRESHOLD))
+    print(f"end-of-turn marks at threshold {_LOW_THRESHOLD}: {marks} shown, {turns} expected")
+    assert marks == turns >= 1
     texts = [w for w, _ in shown]
     assert files["txt"].read_text().split() == texts
     subs = list(srt.parse(files["srt"].read_text()))
