@@ -19,7 +19,7 @@ import pytest
 import dsm
 from dsm.audio import load_audio
 from dsm.audio.encode import write_wav
-from dsm.frames import FRAME_RATE, SAMPLE_RATE
+from dsm.frames import SAMPLE_RATE
 from dsm.server import ServerConfig, SttModuleConfig, TtsModuleConfig
 from dsm.stt.vad import VadOptions
 from tests.server.browser_helpers import (
@@ -173,10 +173,11 @@ def test_live_transcription_equals_transcribe(
     assert speech.size > 1.5 * SAMPLE_RATE and marker_s >= speech.size / SAMPLE_RATE + 1.0
     # The words shown are the library's words for exactly the audio the page sent, in order
     # with their times; the page closes when the marker comes back, by which time every word
-    # complete before the marker is out (a word is sent once its last piece is: it ends after).
+    # of the speech (ending within it) is out. Later words (the tiny model "hears" words in the
+    # silence) may or may not be shown.
     expected = stt.transcribe(sent, sample_rate=SAMPLE_RATE)
     words = [(w.text, f"{w.start:.2f} s") for w in expected.words]
-    complete = sum(w.end < marker_s - 2 / FRAME_RATE for w in expected.words)
+    complete = sum(w.end <= speech.size / SAMPLE_RATE for w in expected.words)
     print(f"page sent {speech.size / SAMPLE_RATE:.2f} s of speech; {len(shown)} words shown")
     print(f"shown: {shown}\ntranscribe: {words}")
     assert [tuple(w) for w in shown] == words[: len(shown)]
