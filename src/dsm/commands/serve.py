@@ -57,6 +57,10 @@ def add_parser(subparsers: Any) -> None:
         "--tts-lora", default=None, metavar="DIR",
         help="merge this LoRA adapter (dsm finetune output) into the TTS model at load",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-ui", action="store_true", default=False,
+        help="don't serve the browser playground at / (live transcription, TTS)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(func=run)
 
@@ -77,6 +81,8 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
         config.port = args.port
     if args.api_key:
         config.authorized_ids = list(args.api_key)
+    if getattr(args, "no_ui", False):
+        config.ui = False
     if args.stt_model is not None:
         config.stt.model = args.stt_model
     if args.tts_model is not None:
@@ -137,6 +143,8 @@ async def _serve(config: Any, stt: Any, tts: Any) -> None:
     running = await start_server(config, stt=stt, tts=tts, ready=False)
     log = logging.getLogger("dsm.server")
     log.info("listening on %s (%s)", running.http_url, "open" if config.open else "API keys")
+    if config.ui:
+        log.info("browser playground at %s/ (--no-ui turns it off)", running.http_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

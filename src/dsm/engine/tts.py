@@ -73,6 +73,9 @@ class TtsChannel(Channel):
         self.voice = voice  # a name of the module's catalog, None: the default voice
         self.fallback = fallback  # an unknown name speaks with the default voice
         self.custom: torch.Tensor | None = None  # a Voice message's embedding
+        # This session's sampling (None: the module's), set before the first text.
+        self.temperature: float | None = None
+        self.cfg: float | None = None
         self.voice_changed = False
         self.text = text
         self.max_text_chars = max_text_chars
@@ -294,8 +297,11 @@ class TtsModule(ModelModule[TtsChannel]):
         """(Re)start the channel's slot with its voice (an unknown voice fails the channel)."""
         self._bound[channel.slot] = channel
         try:
-            stream = TtsStream(self.tts, voice=self._voice(channel), cfg=self.cfg)
-            stream.start(self._engine(), channel.slot)
+            cfg = self.cfg if channel.cfg is None else channel.cfg
+            stream = TtsStream(self.tts, voice=self._voice(channel), cfg=cfg)
+            temperature = self.temperature if channel.temperature is None else channel.temperature
+            # Always set: a slot keeps the sampling of the session it served before.
+            stream.start(self._engine(), channel.slot, temperature=temperature)
         except UnknownVoice as exc:
             channel.done = True
             channel.fail(str(exc), cause="client")

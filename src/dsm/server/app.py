@@ -13,6 +13,7 @@ Routes (server-protocol.md §1.2 plus the OpenAI-compatible API):
 ``GET  /api/tts_streaming``    TTS WebSocket (Kyutai protocol)
 ``POST /v1/audio/transcriptions``, ``POST /v1/audio/speech``, ``GET /v1/models``: OpenAI API
 ``GET  /openapi.json``         OpenAPI 3.1 description of the HTTP routes
+``GET  /``, ``/ui/{name}``, ``/api/ui_config``: the browser playground (``ui_routes``)
 =============================  =============================================================
 
 Auth: when ``authorized_ids`` is set, WebSocket routes accept the ``kyutai-api-key`` header or
@@ -33,13 +34,21 @@ from typing import Any
 
 from aiohttp import web
 
-from dsm.server import info_routes, openai_api, openai_speech, openapi, ws_stt, ws_tts
+from dsm.server import (
+    info_routes,
+    openai_api,
+    openai_speech,
+    openapi,
+    ui_routes,
+    ws_stt,
+    ws_tts,
+)
 from dsm.server.http_errors import errors_middleware
 from dsm.server.state import SERVER_KEY, DsmServer
 
 __all__ = ["SERVER_KEY", "DsmServer", "build_app"]
 
-ROUTE_MODULES = (info_routes, ws_stt, ws_tts, openai_api, openai_speech, openapi)
+ROUTE_MODULES = (info_routes, ws_stt, ws_tts, openai_api, openai_speech, openapi, ui_routes)
 
 
 async def _watch_body(request: web.Request, timeout: float) -> None:

@@ -6,6 +6,7 @@ File layout (every key optional; see ``configs/*.toml``)::
     port = 8080
     authorized_ids = ["public_token"]   # empty or absent: the server is open
     shutdown_grace_s = 10.0
+    ui = true                           # the browser playground at /
 
     [stt]
     model = "kyutai/stt-1b-en_fr"       # hub repo id or local checkpoint directory
@@ -137,6 +138,8 @@ class ServerConfig:
     # upstream only closes, and Unmute's STT client dies on an Error; the reason is always in
     # the close frame.
     error_messages: bool = False
+    # Serve the browser playground at ``/`` (``dsm serve --no-ui`` turns it off).
+    ui: bool = True
     stt: SttModuleConfig = field(default_factory=SttModuleConfig)
     tts: TtsModuleConfig = field(default_factory=TtsModuleConfig)
 

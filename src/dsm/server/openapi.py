@@ -17,6 +17,7 @@ from dsm.audio.encode import FORMATS as FORMATS_BY_NAME
 from dsm.server.openai_api import FORMATS, GRANULARITIES
 from dsm.server.openai_speech import speech_formats
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.server.ui_routes import openapi_paths
 
 __all__ = ["add_routes", "openapi_document"]
 
@@ -182,6 +183,7 @@ def openapi_document(server: DsmServer) -> dict[str, Any]:
     }  # fmt: skip
     paths["/v1/audio/transcriptions"] = _transcriptions()
     paths["/v1/audio/speech"] = _speech()
+    paths.update(openapi_paths(server))
     if server.stt is not None:
         upstream = _ok("Word and EndWord messages", "application/json", schema={"type": "array"})
         paths[server.config.stt.path] = {

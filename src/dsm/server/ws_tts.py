@@ -1,8 +1,11 @@
 """``GET /api/tts_streaming``: Kyutai's streaming TTS WebSocket (server-protocol.md §3).
 
 Query: ``format``, ``voice`` (a name the server lists; an unknown one speaks with the default
-voice, or fails the session with ``unknown_voice = "error"``), ``auth_id``; anything else
-(``cfg_alpha``...) is ignored, as upstream. Client messages: ``Text`` (whole words), ``Eos``,
+voice, or fails the session with ``unknown_voice = "error"``), ``auth_id``; dsm's own
+``temperature`` (0 = greedy; the name of upstream's legacy ``Tts`` module) and ``cfg`` (a
+guidance strength the checkpoint supports, see ``/api/ui_config``) set this session's sampling
+(a bad value is a 400); anything else (``cfg_alpha``, which Unmute sends) is ignored, as
+upstream's ``Py`` module. Client messages: ``Text`` (whole words), ``Eos``,
 the legacy text frame and ``b"\\0"``, and ``Voice`` (``embeddings`` and ``shape``, a speaker
 embedding of the checkpoint's condition shape, before the first ``Text``: what Unmute sends for
 its ``custom:`` voices). The server sends each 80 ms frame as soon as it is generated, then
@@ -59,7 +62,14 @@ from dsm.tts.voices import VoiceError
 if TYPE_CHECKING:
     from dsm.audio.opus import OggOpusEncoder
 
-__all__ = ["DEFAULT_FORMAT", "FORMATS", "TtsWire", "add_routes", "handle_tts_websocket"]
+__all__ = [
+    "DEFAULT_FORMAT",
+    "FORMATS",
+    "TtsWire",
+    "add_routes",
+    "handle_tts_websocket",
+    "session_sampling",
+]
 
 log = logging.getLogger("dsm.server")
 
@@ -68,6 +78,40 @@ DEFAULT_FORMAT = "OggOpus"  # upstream's default (main.rs default_format)
 NO_FREE_CHANNELS = "no free channels"
 _GRACE_S = 5.0
 _MAX_VOICE_DIMS = 3
+MAX_TEMPERATURE = 10.0
+
+
+def session_sampling(query: Any, module: TtsModule) -> tuple[float | None, float | None]:
+    """The ``temperature`` and ``cfg`` query parameters (None when absent), checked against
+    the module's checkpoint (raises :class:`ProtocolError` saying what is accepted)."""
+    values: list[float | None] = []
+    for name in ("temperature", "cfg"):
+        raw = query.get(name)
+        if raw is None or raw == "":
+            values.append(None)
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ProtocolError(f"{name} must be a number, got {raw[:40]!r}") from None
+        if not np.isfinite(value):
+            raise ProtocolError(f"{name} must be a finite number")
+        values.append(value)
+    temperature, cfg = values
+    if temperature is not None and not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise ProtocolError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy)")
+    if cfg is not None:
+        supported = module.tts.cfg_values
+        if supported and cfg not in supported:
+            valid = ", ".join(f"{v:g}" for v in supported)
+            raise ProtocolError(
+                f"cfg {cfg:g} is not supported by this checkpoint; use one of {valid}"
+            )
+        if not supported and cfg != module.cfg:
+            raise ProtocolError(
+                f"this checkpoint's guidance strength is fixed by the server (cfg {module.cfg:g})"
+            )
+    return temperature, cfg
 
 
 def _parse(data: bytes) -> tuple[str, Any]:
@@ -253,6 +297,10 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     module = server.tts
     if module is None:
         raise web.HTTPNotFound(text="this server has no TTS model")
+    try:
+        temperature, cfg = session_sampling(request.query, module)
+    except ProtocolError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
     wire = TtsWire(fmt)
     ws = web.WebSocketResponse(
         max_msg_size=server.config.tts.max_message_bytes,
@@ -271,6 +319,7 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     if channel is None:
         server.metrics.inc("dsm_rejected_no_free_channels")
         return await _reject(ws, wire, NO_FREE_CHANNELS)
+    channel.temperature, channel.cfg = temperature, cfg
     sender: asyncio.Task[None] | None = None
     try:
         for payload in wire.start():

@@ -55,9 +55,10 @@ class TtsStream:
         self.ended = False  # no more text
         self.done = False  # the audio is complete
 
-    def start(self, engine: TtsEngine, slot: int) -> None:
-        """(Re)start ``slot`` of ``engine`` as this utterance (voice rows and prefix)."""
-        engine.start_slot(slot, self.conditions, prefix=self.prefix)
+    def start(self, engine: TtsEngine, slot: int, *, temperature: float | None = None) -> None:
+        """(Re)start ``slot`` of ``engine`` as this utterance (voice rows and prefix);
+        ``temperature``: this utterance's sampling temperature (None: the slot's current one)."""
+        engine.start_slot(slot, self.conditions, prefix=self.prefix, temperature=temperature)
         self.engine = engine
         self.slot = slot
 
