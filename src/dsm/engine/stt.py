@@ -356,15 +356,17 @@ class SttModule(ModelModule[SttChannel]):
         self.last_step_seconds = time.perf_counter() - start
         self.metrics.asr_step.observe(self.last_step_seconds)
         self.steps += 1
-        tokens = out.tokens.tolist()
-        pauses = out.pause.tolist() if out.pause is not None else None
+        # Only the rows of the slots that stepped reach Python (a step of 1024 slots has 4096
+        # pause probabilities; a few of them are read).
+        rows = np.fromiter((c.slot for c, _, _ in work), dtype=np.int64, count=len(work))
+        tokens = out.tokens.numpy()[rows].tolist()
+        pauses = out.pause.numpy()[rows].tolist() if out.pause is not None else None
         now = time.monotonic()
-        for c, fed, arrival in work:
+        for i, (c, fed, arrival) in enumerate(work):
             try:
                 events = c.consume(
-                    int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
-                    self.steps,
-                )  # fmt: skip
+                    tokens[i], pauses[i] if pauses is not None else None, fed, self.steps
+                )
             except Exception as exc:
                 self.fail_channel(c, exc)
                 continue
