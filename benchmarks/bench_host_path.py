@@ -48,15 +48,31 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ZeroCostEngine(StubEngine):
-    """:class:`StubEngine` whose step takes ``step_seconds`` of sleep (0: none) and counts the
-    session-frames it consumed."""
+    """:class:`StubEngine` whose step does no work: the same inputs and outputs (tokens that
+    make words, pause probabilities), computed with a few numpy operations; it sleeps
+    ``step_seconds`` (a device step holds neither CPU nor the interpreter lock) when set, and
+    counts the session-frames it consumed."""
 
     step_seconds = 0.0
     frames = 0
 
+    def __init__(self, codec: Any, lm: Any, batch_size: int, **kw: Any) -> None:
+        super().__init__(codec, lm, batch_size, **kw)
+        self._pattern = self.pattern.numpy()
+        self._clock = np.zeros(batch_size, dtype=np.int64)
+        self._rows = np.arange(batch_size)
+
+    def start_slot(self, slots: list[int], prompts: Any = None) -> None:
+        self._clock[slots] = 0
+
     def step(self, pcm: torch.Tensor, active: torch.Tensor, feed: torch.Tensor) -> EngineStep:
-        type(self).frames += int((active & feed).sum())
-        return super().step(pcm, active, feed)
+        if self.step_seconds:
+            time.sleep(self.step_seconds)
+        on = active.numpy()
+        type(self).frames += int(np.count_nonzero(on & feed.numpy()))
+        tokens = self._pattern[self._rows, self._clock % self._pattern.shape[1]]
+        self._clock += on
+        return EngineStep(tokens=torch.from_numpy(tokens), pause=self.pause, forced=None)
 
 
 def thread_cpu_seconds() -> dict[int, float]:

@@ -62,9 +62,14 @@ class SttChannel(Channel):
         *,
         max_pending: int,
         max_buffered_samples: int,
+        ready: deque[SttChannel] | None = None,
     ) -> None:
         super().__init__(slot, loop, max_pending)
         self.plan = plan_feed(stt.prefix_seconds, stt.delay_seconds)
+        # The module's queue of channels with new input: the model thread visits only those
+        # (and the ones it left a frame in), never every slot. ``_queued``: in that queue.
+        self._ready = ready
+        self._queued = False
         self.max_buffered_samples = max_buffered_samples
         # Input side (under ``lock``).
         self._chunks: deque[np.ndarray] = deque()
@@ -118,16 +123,26 @@ class SttChannel(Channel):
             self._times.append(time.monotonic())
             self._available += int(pcm.shape[0])
             self.received += int(pcm.shape[0])
+        self.mark_ready()
+
+    def mark_ready(self) -> None:
+        """Tell the model thread this channel has input (after queueing it: the model thread
+        clears ``_queued`` before it reads, so no input is missed)."""
+        if self._ready is not None and not self._queued:
+            self._queued = True
+            self._ready.append(self)
 
     def push_marker(self, marker_id: int) -> None:
         """Queue a marker, echoed once the audio before it has been transcribed."""
         with self.lock:
             self._markers.append((self.received, marker_id))
+        self.mark_ready()
 
     def finish_input(self) -> None:
         """No more audio: pad with the model delay, run the last step, close open words."""
         with self.lock:
             self.end_of_stream = True
+        self.mark_ready()
 
     # -- model thread side -------------------------------------------------------------------
 
@@ -149,6 +164,12 @@ class SttChannel(Channel):
         self._available -= n
         self._prefix_left = max(0, self._prefix_left - n)
         return out
+
+    @property
+    def wants_step(self) -> bool:
+        """After a step: another one is due without new input (a queued frame, or the padding
+        and final step of an ended stream)."""
+        return self._available >= FRAME_SIZE or (self.end_of_stream and not self._final_done)
 
     def next_input(self) -> np.ndarray | str | None:
         """The next frame to encode, ``_FINAL`` for the closing step, or None (nothing yet)."""
@@ -251,6 +272,8 @@ class SttModule(ModelModule[SttChannel]):
         self._feed = torch.from_numpy(self._feed_np)
         self._outbox = Outbox()
         self._device = stt.codec.device
+        self._ready: deque[SttChannel] = deque()  # channels with new input (any thread)
+        self._carry: list[SttChannel] = []  # channels with input left after the last step
         self.last_step_seconds = 0.0
         metrics.gauge("asr_open_channels", "occupied STT slots", lambda: self.used_slots)
         metrics.gauge("dsm_stt_free_slots", "free STT slots", lambda: self.free_slots)
@@ -258,13 +281,16 @@ class SttModule(ModelModule[SttChannel]):
 
     def new_channel(self, loop: Any) -> SttChannel | None:
         """Claim a slot for a connection on ``loop`` (None: no free slot)."""
-        return self.claim(
+        channel = self.claim(
             lambda slot: SttChannel(
                 slot, loop, self.stt,
                 max_pending=self.max_pending_messages,
-                max_buffered_samples=self.max_buffered_samples,
+                max_buffered_samples=self.max_buffered_samples, ready=self._ready,
             )
         )  # fmt: skip
+        if channel is not None:
+            channel.mark_ready()  # its slot must be reset, and the silence prefix fed
+        return channel
 
     def _released(self, channel: SttChannel) -> None:
         self.metrics.asr_connection_steps.observe(channel.step_index)
@@ -281,10 +307,22 @@ class SttModule(ModelModule[SttChannel]):
     def shutdown_model(self) -> None:
         self.engine.close()
 
+    def _candidates(self) -> list[SttChannel]:
+        """The channels that may step now: those with new input and those left with input
+        by the last step (each once), in that order. The rest have nothing to do."""
+        candidates, self._carry = self._carry, []
+        ready = self._ready
+        while ready:
+            channel = ready.popleft()
+            channel._queued = False  # before its input is read: see mark_ready
+            candidates.append(channel)
+        if len(candidates) > 1:
+            candidates = list(dict.fromkeys(candidates))
+        return [c for c in candidates if not (c.closed or c.done or c.failed)]
+
     def iterate(self) -> bool:
-        with self.lock:
-            channels = list(self.slots)
-        fresh = [ch for ch in channels if ch is not None and not ch.started]
+        channels = self._candidates()
+        fresh = [ch for ch in channels if not ch.started]
         if fresh:
             self.engine.start_slot([ch.slot for ch in fresh])
             for ch in fresh:
@@ -292,10 +330,7 @@ class SttModule(ModelModule[SttChannel]):
         self._active_np[:] = False
         self._feed_np[:] = False
         work: list[tuple[SttChannel, bool, float | None]] = []
-        backlog = False
         for c in channels:
-            if c is None or c.closed or c.done or c.failed:
-                continue
             try:
                 item = c.next_input()
             except Exception as exc:
@@ -307,10 +342,12 @@ class SttModule(ModelModule[SttChannel]):
             if isinstance(item, np.ndarray):
                 self._pcm_np[c.slot] = item
                 self._feed_np[c.slot] = True
-                backlog = backlog or c.has_frame
                 work.append((c, True, c.frame_arrival))
             else:
                 work.append((c, False, None))
+            if c.wants_step:
+                self._carry.append(c)
+        backlog = bool(self._carry)
         self.backlog = backlog
         if not work:
             return False
@@ -320,15 +357,17 @@ class SttModule(ModelModule[SttChannel]):
         self.last_step_seconds = time.perf_counter() - start
         self.metrics.asr_step.observe(self.last_step_seconds)
         self.steps += 1
-        tokens = out.tokens.tolist()
-        pauses = out.pause.tolist() if out.pause is not None else None
+        # Only the rows of the slots that stepped reach Python (a step of 1024 slots has 4096
+        # pause probabilities; a few of them are read).
+        rows = np.fromiter((c.slot for c, _, _ in work), dtype=np.int64, count=len(work))
+        tokens = out.tokens.numpy()[rows].tolist()
+        pauses = out.pause.numpy()[rows].tolist() if out.pause is not None else None
         now = time.monotonic()
-        for c, fed, arrival in work:
+        for i, (c, fed, arrival) in enumerate(work):
             try:
                 events = c.consume(
-                    int(tokens[c.slot]), pauses[c.slot] if pauses is not None else None, fed,
-                    self.steps,
-                )  # fmt: skip
+                    tokens[i], pauses[i] if pauses is not None else None, fed, self.steps
+                )
             except Exception as exc:
                 self.fail_channel(c, exc)
                 continue
