@@ -13,11 +13,19 @@ gloo on CPU).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
+from dsm.commands.finetune_common import (
+    add_training_arguments,
+    check_out,
+    make_trainable,
+    read_manifest_or_fail,
+    report,
+    saver,
+    train_config,
+)
 from dsm.commands.model_args import add_model_arguments, load_model
 from dsm.errors import DsmError
 
@@ -44,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
         "directory gets a LoRA adapter (adapter.safetensors + adapter.json; use it with --lora "
         "DIR) or, with --full, a checkpoint directory (checkpoint/), plus metrics.jsonl.",
     )
-    _add_stt_arguments(stt)
+    add_training_arguments(stt)
     add_model_arguments(stt, DEFAULT_STT)
     stt.set_defaults(func=run_stt)
     from dsm.commands.finetune_tts import add_tts_parser
@@ -68,64 +76,6 @@ def _no_task(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _add_stt_arguments(p: argparse.ArgumentParser) -> None:
-    from dsm.models.lora_loading import DEFAULT_RANK, DEFAULT_SCALING
-
-    p.add_argument("--train", required=True, help="training manifest (.jsonl)")
-    p.add_argument("--val", default=None, help="validation manifest: WER every --eval-every steps")
-    p.add_argument("--out", required=True, help="output directory")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--lora-rank", type=int, default=DEFAULT_RANK,
-        help=f"LoRA on the transformer's projections with this rank (default {DEFAULT_RANK})",
-    )  # fmt: skip
-    mode.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
-    p.add_argument("--lora-scaling", type=float, default=DEFAULT_SCALING, help="LoRA scaling")
-    p.add_argument("--merge", action="store_true", help="LoRA: also write merged/, a checkpoint")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate (LoRA 2e-4, full 2e-5)"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per step (all processes)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step and process")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default 5%% of --steps")
-    p.add_argument("--max-duration", type=float, default=None,
-                   help="leave out utterances longer than this many seconds")  # fmt: skip
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                   help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")  # fmt: skip
-    p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass (less memory)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="data order and initialisation")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (and at end)")
-    p.add_argument(
-        "--save-every", type=int, default=0,
-        help="save a resumable state (weights and optimizer) every N steps and at the end",
-    )  # fmt: skip
-    p.add_argument("--normalizer", default="english", choices=("english", "basic", "none"),
-                   help="text normalizer of the validation WER")  # fmt: skip
-    p.add_argument("--cache-dir", default=None, help="Mimi codes cache (default ~/.cache/dsm)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def _check_out(out: Path, resume: bool) -> None:
-    if resume:
-        if not out.is_dir():
-            raise DsmError(f"--resume: {out} does not exist; start without --resume")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DsmError(f"--out {out} exists and is not empty; choose a new directory or --resume")
-
-
-def _read(path: str) -> list[Any]:
-    from dsm.train.manifest import ManifestError, read_manifest
-
-    try:
-        return read_manifest(path)
-    except ManifestError as exc:
-        raise DsmError(str(exc)) from None
-
-
 def run_stt(args: argparse.Namespace) -> int:
     """Fine-tune an STT checkpoint (see :func:`add_parser`)."""
     import torch
@@ -135,15 +85,17 @@ def run_stt(args: argparse.Namespace) -> int:
     from dsm.nn import set_cpu_kernels
     from dsm.stt.model import load_stt
     from dsm.train.codes_cache import CodesCache, default_cache_dir, file_digest
-    from dsm.train.loop import TrainConfig, enable_gradient_checkpointing, init_distributed, train
-    from dsm.train.lora import LoraSettings, add_lora, save_adapter
+    from dsm.train.loop import init_distributed, train
     from dsm.train.stt_task import SttTask, align_missing, prepare_items
 
     if args.quantize is not None:
         raise DsmError("--quantize is not for training: fine-tune the float checkpoint")
     out = Path(args.out)
-    _check_out(out, args.resume)
-    train_set, val_set = _read(args.train), (_read(args.val) if args.val else [])
+    check_out(out, args.resume)
+    train_set, val_set = (
+        read_manifest_or_fail(args.train),
+        (read_manifest_or_fail(args.val) if args.val else []),
+    )
     if val_set:
         names = ("jiwer", "whisper_normalizer") if args.normalizer != "none" else ("jiwer",)
         require("validation WER (--val)", *names)
@@ -172,62 +124,10 @@ def run_stt(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     cache = CodesCache(cache_dir, stt.codec, file_digest(ckpt.mimi_file()))
     items = prepare_items(stt, train_set, cache)
-    settings = None
-    if args.full:
-        stt.lm.requires_grad_(False)
-        for name, param in stt.lm.named_parameters():
-            param.requires_grad_(not name.startswith("extra_heads."))  # no loss reaches them
-    else:
-        settings = LoraSettings(args.lora_rank, args.lora_scaling, base_model=str(args.model))
-        torch.manual_seed(args.seed)
-        add_lora(stt.lm, settings)
-    if args.gradient_checkpointing:
-        enable_gradient_checkpointing(list(stt.lm.transformer.layers))
-
-    def save(directory: Path) -> list[Path]:
-        from dsm.train.export import export_checkpoint
-        from dsm.train.lora import merge_lora
-
-        if settings is None:
-            return [export_checkpoint(stt.lm, ckpt, directory / "checkpoint")]
-        written = save_adapter(stt.lm, settings, directory)
-        if args.merge:
-            merged = copy.deepcopy(stt.lm)
-            merge_lora(merged)
-            written.append(export_checkpoint(merged, ckpt, directory / "merged"))
-        return written
-
+    settings = make_trainable(stt.lm, args)
+    save = saver(stt.lm, settings, ckpt, args.merge)
     task = SttTask(stt, items, save=save, val=val_set, normalizer=args.normalizer)
-    on_cuda = next(stt.lm.parameters()).device.type == "cuda"
-    config = TrainConfig(
-        out_dir=out,
-        steps=args.steps,
-        lr=args.lr if args.lr is not None else (2e-5 if args.full else 2e-4),
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        warmup_steps=args.warmup_steps,
-        precision=args.precision or ("bf16" if on_cuda else "fp32"),
-        gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        resume=args.resume,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
-    try:
-        config.check(world_size)
-    except ValueError as exc:
-        raise DsmError(str(exc)) from None
-    result = train(task, config)
-    if rank == 0:
-        peak = result.peak_memory_bytes
-        print(f"{result.steps} steps, final loss {result.loss:.4f}, "
-              f"{result.audio_seconds_per_second:.1f} s of audio per second"
-              + (f", peak memory {peak / 2**20:.0f} MiB" if peak else ""))  # fmt: skip
-        for key, value in result.validation.items():
-            print(f"{key}: {value:.4f}")
-        for path in result.artefacts:
-            print(f"wrote {path}")
+    report(train(task, train_config(args, stt.lm, out, world_size)), rank)
     return 0
 
 

@@ -13,11 +13,18 @@ the training target and loss are :mod:`dsm.train.tts_target`'s.
 from __future__ import annotations
 
 import argparse
-import copy
-import sys
 from pathlib import Path
 from typing import Any
 
+from dsm.commands.finetune_common import (
+    add_training_arguments,
+    check_out,
+    make_trainable,
+    read_manifest_or_fail,
+    report,
+    saver,
+    train_config,
+)
 from dsm.commands.model_args import add_model_arguments, load_model
 from dsm.errors import DsmError
 
@@ -26,7 +33,6 @@ __all__ = ["add_tts_parser", "run_tts"]
 
 def add_tts_parser(sub: Any) -> None:
     """Register ``finetune tts``."""
-    from dsm.commands.finetune import _add_stt_arguments
     from dsm.stt.model import DEFAULT_STT
     from dsm.tts.model import DEFAULT_TTS
 
@@ -39,7 +45,7 @@ def add_tts_parser(sub: Any) -> None:
         "with --lora DIR) or, with --full, a checkpoint directory, plus metrics.jsonl; --val "
         "gives a validation loss.",
     )
-    _add_stt_arguments(tts)
+    add_training_arguments(tts)
     tts.add_argument(
         "--voice",
         default=None,
@@ -62,10 +68,8 @@ def run_tts(args: argparse.Namespace) -> int:
     import torch
 
     from dsm.checkpoint import open_checkpoint
-    from dsm.commands.finetune import _check_out, _read
     from dsm.train.codes_cache import CodesCache, default_cache_dir, file_digest
-    from dsm.train.loop import TrainConfig, enable_gradient_checkpointing, init_distributed, train
-    from dsm.train.lora import LoraSettings, add_lora, save_adapter
+    from dsm.train.loop import init_distributed, train
     from dsm.train.manifest import needs_alignment
     from dsm.train.tts_target import freeze
     from dsm.train.tts_task import TtsTask, prepare_tts_items
@@ -75,8 +79,11 @@ def run_tts(args: argparse.Namespace) -> int:
     if args.quantize is not None:
         raise DsmError("--quantize is not for training: fine-tune the float checkpoint")
     out = Path(args.out)
-    _check_out(out, args.resume)
-    train_set, val_set = _read(args.train), (_read(args.val) if args.val else [])
+    check_out(out, args.resume)
+    train_set, val_set = (
+        read_manifest_or_fail(args.train),
+        (read_manifest_or_fail(args.val) if args.val else []),
+    )
     rank, world_size = init_distributed()
     if args.device is None and world_size > 1 and torch.cuda.is_available():
         args.device = f"cuda:{torch.cuda.current_device()}"
@@ -106,57 +113,8 @@ def run_tts(args: argparse.Namespace) -> int:
     voice = None
     if tts.multi_speaker:
         voice = tts.voice_embedding(args.voice or DEFAULT_VOICE)
-    settings = None
-    if args.full:
-        for name, param in tts.lm.named_parameters():
-            # No loss reaches the extra heads (STT's VAD) or the conditioners' unused rows.
-            param.requires_grad_(not name.startswith("extra_heads."))
-    else:
-        settings = LoraSettings(args.lora_rank, args.lora_scaling, base_model=str(args.model))
-        torch.manual_seed(args.seed)
-        add_lora(tts.lm, settings)
-    if args.gradient_checkpointing:
-        enable_gradient_checkpointing(list(tts.lm.transformer.layers))
-
-    def save(directory: Path) -> list[Path]:
-        from dsm.train.export import export_checkpoint
-        from dsm.train.lora import merge_lora
-
-        if settings is None:
-            return [export_checkpoint(tts.lm, ckpt, directory / "checkpoint")]
-        written = save_adapter(tts.lm, settings, directory)
-        if args.merge:
-            merged = copy.deepcopy(tts.lm)
-            merge_lora(merged)
-            written.append(export_checkpoint(merged, ckpt, directory / "merged"))
-        return written
-
+    settings = make_trainable(tts.lm, args)
+    save = saver(tts.lm, settings, ckpt, args.merge)
     task = TtsTask(tts, items, voice=voice, save=save, cfg=args.cfg, val=val_items)
-    on_cuda = next(tts.lm.parameters()).device.type == "cuda"
-    config = TrainConfig(
-        out_dir=out,
-        steps=args.steps,
-        lr=args.lr if args.lr is not None else (2e-5 if args.full else 2e-4),
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        warmup_steps=args.warmup_steps,
-        precision=args.precision or ("bf16" if on_cuda else "fp32"),
-        gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        resume=args.resume,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
-    try:
-        config.check(world_size)
-    except ValueError as exc:
-        raise DsmError(str(exc)) from None
-    result = train(task, config)
-    if rank == 0:
-        print(f"{result.steps} steps, final loss {result.loss:.4f}")
-        for key, value in result.validation.items():
-            print(f"{key}: {value:.4f}")
-        for path in result.artefacts:
-            print(f"wrote {path}")
+    report(train(task, train_config(args, tts.lm, out, world_size)), rank)
     return 0
