@@ -7,7 +7,8 @@
     dsm finetune merge --model kyutai/stt-1b-en_fr --lora run1 --out stt-1b-mine
 
 Several processes: ``torchrun --nproc-per-node N -m dsm finetune stt ...`` (DDP; NCCL on CUDA,
-gloo on CPU).
+gloo on CPU); add ``--fsdp`` to shard the model over them (FSDP2) when it does not fit one
+device.
 """
 
 from __future__ import annotations

@@ -51,6 +51,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")  # fmt: skip
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass (less memory)")  # fmt: skip
+    p.add_argument(
+        "--fsdp", action="store_true",
+        help="under torchrun: shard weights, gradients and optimizer state over the processes "
+        "(FSDP) instead of a full copy on each (DDP), for models that do not fit one device",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="data order and initialisation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (and at end)")
@@ -145,7 +150,13 @@ def train_config(args: argparse.Namespace, lm: Any, out: Path, world_size: int) 
         save_every=args.save_every,
         resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(),
+        fsdp=args.fsdp,
     )
+    if args.fsdp and args.val:
+        raise DsmError(
+            "--val is not supported with --fsdp (validation needs the whole model on one "
+            "process); drop --val and evaluate the saved adapter or checkpoint afterwards"
+        )
     try:
         config.check(world_size)
     except ValueError as exc:

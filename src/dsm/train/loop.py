@@ -11,7 +11,10 @@ A task (:class:`TrainTask`) owns the data and the loss; the loop owns everything
   divides the accumulated gradients by the number of targets of the whole global batch (summed
   over micro-batches and processes), so the update does not depend on how the batch is split;
 * AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast, gradient
-  checkpointing of the transformer layers, DDP (``torch.distributed``, any backend);
+  checkpointing of the transformer layers, DDP (``torch.distributed``, any backend) or, with
+  ``fsdp``, FSDP2 (``fully_shard`` per transformer layer, then the root: parameters, gradients
+  and optimizer state sharded over the processes; at the end the full weights are gathered
+  into rank 0's CPU memory, which writes the artefacts);
 * progress bar (loss, learning rate, audio seconds per second), metrics as JSON lines in
   ``metrics.jsonl`` (and TensorBoard when installed), a validation hook every ``eval_every``
   steps, a resumable training state every ``save_every`` steps.
@@ -70,7 +73,9 @@ class TrainTask(Protocol):
     """A fine-tuning task, as the loop sees it.
 
     ``model`` is the module trained: its parameters with ``requires_grad`` are optimized (and
-    the only ones saved in the resumable state); it is wrapped in DDP on several processes.
+    the only ones saved in the resumable state); it is wrapped in DDP on several processes, or
+    sharded in place by FSDP (``TrainConfig.fsdp``; then it must have ``transformer.layers``,
+    and it holds full, plain CPU parameters again on rank 0 when :meth:`save` is called).
     """
 
     model: nn.Module
@@ -119,9 +124,28 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True  # when the package is installed
+    fsdp: bool = False  # shard with FSDP2 instead of replicating with DDP (several processes)
 
     def check(self, world_size: int = 1) -> None:
         """Raise ``ValueError`` for settings that cannot run."""
+        if self.fsdp:
+            if world_size < 2:
+                raise ValueError(
+                    "--fsdp shards the model over several processes, but this is a single "
+                    "process: launch with 'torchrun --nproc-per-node N -m dsm finetune ...' "
+                    "(N >= 2), or drop --fsdp"
+                )
+            if self.resume or self.save_every:
+                raise ValueError(
+                    "--resume and --save-every are not supported with --fsdp (the resumable "
+                    "state holds unsharded weights and optimizer moments); drop them, or "
+                    "train without --fsdp"
+                )
+            if self.eval_every:
+                raise ValueError(
+                    "--eval-every is not supported with --fsdp (validation needs the whole "
+                    "model on one process); evaluate the saved adapter or checkpoint afterwards"
+                )
         if self.steps <= 0:
             raise ValueError(f"--steps must be positive, got {self.steps}")
         if self.lr <= 0:
@@ -260,6 +284,119 @@ def _save_state(
         old.rmdir()
 
 
+def _shard(model: nn.Module, device: torch.device, world_size: int) -> None:
+    """FSDP2 in place: ``fully_shard`` each layer of ``model.transformer.layers``, then the
+    root (the remaining weights: embeddings, heads, depformer). Parameters become sharded
+    ``DTensor``s; frozen ones (LoRA's base weights) are sharded too."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "transformer", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ValueError(
+            f"--fsdp needs a model with transformer.layers; {type(model).__name__} has none"
+        )
+    mesh = init_device_mesh(device.type, (world_size,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if world()[0] == 0:
+        from torch.distributed.tensor import DTensor
+
+        total = sum(p.numel() for p in model.parameters())
+        local = sum(
+            (p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters()
+        )
+        print(
+            f"dsm: FSDP over {world_size} processes: rank 0 holds {local:,} of the "
+            f"{total:,} weights",
+            file=sys.stderr,
+        )
+
+
+def _unshard_to_rank0(model: nn.Module) -> None:
+    """Undo :func:`_shard` for saving: every process takes part in gathering each parameter in
+    full (one at a time, in the same order), rank 0 keeping them in CPU memory; rank 0 then puts
+    them back into ``model`` as plain parameters and removes FSDP from the modules (class, hooks,
+    state), so that the task's ``save`` (adapter, checkpoint, ``copy.deepcopy`` for ``--merge``)
+    sees an ordinary module. The other ranks' ``model`` stays sharded and must not be used any
+    more.
+
+    Parameters are gathered by their module paths (``named_parameters``), not through the state
+    dict: the attention's state-dict hooks rename keys (``in_proj.weight`` is stored as the
+    checkpoint's ``in_proj_weight``), which ``torch.distributed.checkpoint``'s
+    ``get_model_state_dict`` cannot map back to parameters.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    lead = world()[0] == 0
+    full: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            value = param.detach()
+            if isinstance(value, DTensor):
+                value = value.full_tensor()  # collective
+            if lead:
+                full[name] = value.cpu()
+            del value
+    if not lead:
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            _strip_fsdp(module)
+    for name, param in list(model.named_parameters()):
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        owner._parameters[attr] = nn.Parameter(full.pop(name), requires_grad=param.requires_grad)
+    left = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
+    if left or full:
+        raise RuntimeError(
+            f"--fsdp: could not unshard the model for saving: {left[:5]} still sharded, "
+            f"{list(full)[:5]} gathered but not found"
+        )
+
+
+def _strip_fsdp(module: nn.Module) -> None:
+    """Turn a ``fully_shard``-ed module back into its own class, without FSDP's hooks and
+    state (``fully_shard`` swaps the class for ``FSDP<Class>(FSDPModule, Class)``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    plain = [
+        base
+        for base in cls.__bases__
+        if issubclass(base, nn.Module) and not issubclass(base, FSDPModule)
+    ]
+    if len(plain) != 1:
+        raise RuntimeError(f"--fsdp: cannot unwrap {cls.__name__} (bases {cls.__bases__})")
+    module.__class__ = plain[0]
+
+    def fsdp_hook(hook: Any) -> bool:
+        target = getattr(hook, "hook", hook)  # load_state_dict pre-hooks come wrapped
+        owner = getattr(target, "__self__", None)
+        text = f"{getattr(target, '__qualname__', '')} {type(owner).__module__ if owner else ''}"
+        return "fsdp" in text.lower()
+
+    for hooks in (
+        module._forward_pre_hooks,
+        module._forward_hooks,
+        module._state_dict_pre_hooks,
+        module._state_dict_hooks,
+        module._load_state_dict_pre_hooks,
+        module._load_state_dict_post_hooks,
+    ):
+        for handle in [k for k, h in hooks.items() if fsdp_hook(h)]:
+            del hooks[handle]
+            module._forward_hooks_with_kwargs.pop(handle, None)
+            module._forward_pre_hooks_with_kwargs.pop(handle, None)
+            module._forward_hooks_always_called.pop(handle, None)
+    for key in [k for k in vars(module) if k.startswith("__composable_api_state_key")]:
+        delattr(module, key)
+    for key in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+        module.__dict__.pop(key, None)
+
+
 def _load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     path = directory / "state.pt"
     if not path.is_file():
@@ -356,6 +493,9 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     if not params:
         raise ValueError("the model has no trainable parameters")
     device = params[0].device
+    if config.fsdp:  # before the optimizer: sharding replaces the parameters
+        _shard(model, device, world_size)
+        params = list(_trainable(model).values())
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
@@ -366,7 +506,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     if config.resume:
         start = _load_state(state_dir, model, optimizer)
     trained: nn.Module = model
-    if world_size > 1:
+    if world_size > 1 and not config.fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
@@ -391,7 +531,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             extra: dict[str, float] = {}
             for i, part in enumerate(parts):
                 batch = task.collate(part)
-                sync = i == len(parts) - 1 or world_size == 1
+                # FSDP reduce-scatters every micro-batch into the sharded gradients.
+                sync = i == len(parts) - 1 or world_size == 1 or config.fsdp
                 context = nullcontext() if sync else trained.no_sync()  # type: ignore[operator]
                 with context, _autocast(device, config.precision):
                     out = task.loss(trained, batch)
@@ -404,12 +545,14 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             keys = sorted(extra)
             totals = _all_reduce([local_loss, local_count, local_audio, *(extra[k] for k in keys)])
             loss_sum, count, audio = totals[0], max(totals[1], 1.0), totals[2]
-            # DDP averages gradients over processes; this makes them the global-batch mean.
+            # DDP and FSDP average gradients over processes; this makes them the global-batch
+            # mean.
             scale = world_size / count
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(scale)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            grad_norm = float(_full(norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss_sum / count
@@ -430,8 +573,11 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                     _save_state(state_dir, model, optimizer, done)
                 _barrier()
         artefacts: list[Path] = []
+        if config.fsdp:
+            _unshard_to_rank0(model)  # collective; rank 0 gets plain CPU weights
         if lead:
-            validation = _validate(task, model)
+            # FSDP: rank 0's weights are on the CPU now, and the model may not fit one device.
+            validation = {} if config.fsdp else _validate(task, model)
             if validation:
                 metrics.log(config.steps, validation)
             if config.save_every:  # the final state too (optimizer moments: 3x the weights)
@@ -461,6 +607,13 @@ def _validate(task: TrainTask, model: nn.Module) -> dict[str, float]:
     finally:
         model.train()
     return {f"val_{k}": v for k, v in values.items()}
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor (the gradient norm is a replicated ``DTensor`` under FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def _barrier() -> None:
