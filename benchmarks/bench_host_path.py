@@ -13,6 +13,11 @@ are not measured. Reported per session count:
 * **loop lag p99**: how late a 5 ms timer on the server's event loop fires;
 * **late frames**: frames whose ``Step`` came back more than ``--late-ms`` after they were sent.
 
+TTS (``--tts-sessions``): a tiny TTS checkpoint built by the reference (random weights; the test
+environment is needed), each session speaking ``--tts-text``. Its step does real work, so the
+host cost per 80 ms frame sent is the server process's CPU time minus the CPU time spent inside
+``TtsEngine.step`` (measured per call), over the audio frames the engine produced.
+
 When the clients cannot send in real time (many sessions on few cores), ``--speed`` below 1 sends
 audio slower than real time; the cost per frame does not depend on it, the late frames do.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -41,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import dsm.engine.stt as engine_stt
-from benchmarks.bench_server import ServerThread, StubEngine, build_stt, external_load
+from benchmarks.bench_server import _LOADTEST, ServerThread, StubEngine, build_stt, external_load
 from dsm.stt.engine import EngineStep
+from dsm.tts.engine import TtsEngine
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -154,6 +161,83 @@ def measure(
     }
 
 
+class EngineClock:
+    """CPU time spent inside ``TtsEngine.step`` and the audio frames it produced."""
+
+    cpu = 0.0
+    frames = 0
+
+    @classmethod
+    def install(cls) -> None:
+        step = TtsEngine.step
+
+        def timed(engine: TtsEngine) -> Any:
+            start = time.thread_time()
+            outputs = step(engine)
+            cls.cpu += time.thread_time() - start
+            cls.frames += sum(out.pcm is not None for out in outputs)
+            return outputs
+
+        TtsEngine.step = timed  # type: ignore[method-assign, assignment]
+
+
+def measure_tts(sessions: int, text: str, procs: int) -> dict[str, Any]:
+    """``sessions`` concurrent TTS sessions against a server with ``sessions`` slots."""
+    import subprocess
+    import tempfile
+
+    from dsm.server import ServerConfig, TtsModuleConfig, start_server
+    from dsm.tts.model import load_tts
+    from tests.helpers.reference_tts import VOICE_NAME, make_reference_tts_dir
+
+    ref = make_reference_tts_dir(Path(tempfile.mkdtemp(prefix="dsm-bench-tts-")))
+    tts = load_tts(ref.directory, voice_repo=ref.voice_dir, device="cpu")
+    cfg = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        tts=TtsModuleConfig(batch_size=sessions, temperature=0.6, voice=VOICE_NAME),
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(start_server(cfg, tts=tts), loop).result(300)
+    lag = LagMonitor(loop)
+    url = f"ws://127.0.0.1:{running.port}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    shares = [sessions // procs + (i < sessions % procs) for i in range(procs)]
+    cpu0, engine0, frames0 = thread_cpu_seconds(), EngineClock.cpu, EngineClock.frames
+    wall0 = time.monotonic()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOADTEST, "loadtest", "--url", url, "--api-key", "",
+             "-n", "0", "--tts-sessions", str(k), "--tts-text", text, "--json"],
+            stdout=subprocess.PIPE, env=env,
+        )
+        for k in shares if k
+    ]  # fmt: skip
+    reports = [json.loads(c.communicate()[0].decode().strip().splitlines()[-1]) for c in children]
+    wall = time.monotonic() - wall0
+    cpu1 = thread_cpu_seconds()
+    total = sum(cpu1[t] - cpu0.get(t, 0.0) for t in cpu1)
+    engine_cpu, frames = EngineClock.cpu - engine0, EngineClock.frames - frames0
+    lags = lag.take()
+    lag.stop()
+    asyncio.run_coroutine_threadsafe(running.stop(0.0), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    per = 1e6 / max(1, frames)
+    return {
+        "sessions": sessions,
+        "frames": frames,
+        "frames_per_s": frames / wall,
+        "us_host": (total - engine_cpu) * per,
+        "us_engine": engine_cpu * per,
+        "lag_p99_ms": 1e3 * float(np.percentile(lags, 99)) if lags else float("nan"),
+        "errors": sum(len(r["errors"]) for r in reports),
+        "completed": sum(r["tts_completed"] for r in reports),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[64, 256, 1024])
@@ -169,13 +253,40 @@ def main() -> None:
     parser.add_argument("--late-ms", type=float, default=250.0)
     parser.add_argument("--client-procs", type=int, default=4)
     parser.add_argument("--slots", type=int, default=None, help="default: most sessions")
+    parser.add_argument("--tts-sessions", type=int, nargs="*", default=[], help="TTS rounds")
+    parser.add_argument(
+        "--tts-text",
+        default="The quick brown fox jumps over the lazy dog. " * 3,
+        help="what each TTS session says",
+    )
+    parser.add_argument("--no-stt", action="store_true", help="TTS rounds only")
     args = parser.parse_args()
     speeds = args.speed * len(args.sessions) if len(args.speed) == 1 else args.speed
     if len(speeds) != len(args.sessions):
         parser.error("give one --speed, or one per --sessions value")
     torch.set_num_threads(1)
+    if not args.no_stt:
+        stt_rounds(args, speeds)
+    if args.tts_sessions:
+        EngineClock.install()
+        rows = [measure_tts(n, args.tts_text, args.client_procs) for n in args.tts_sessions]
+        print(
+            f"\nHost cost per TTS frame sent (tiny TTS model; its step's CPU time left out; "
+            f"{args.client_procs} client processes, {os.cpu_count()} cores)\n"
+        )
+        print("| sessions | frames/s | host us/frame | engine us/frame | loop lag p99 | errors |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['sessions']} | {r['frames_per_s']:.0f} | {r['us_host']:.1f} "
+                f"| {r['us_engine']:.0f} | {r['lag_p99_ms']:.1f} | {r['errors']} |"
+            )
+
+
+def stt_rounds(args: Any, speeds: list[float]) -> None:
+    """The STT measurements with the zero-cost engine (one server, one row per count)."""
     ZeroCostEngine.step_seconds = args.step_ms / 1000
-    engine_stt.SttEngine = ZeroCostEngine  # type: ignore[misc]
+    engine_stt.SttEngine = ZeroCostEngine  # type: ignore[misc, assignment]
     stt = build_stt(1, "cpu", torch.float32, tiny=True)
     slots = args.slots or max(args.sessions)
     server = ServerThread(stt, slots)
