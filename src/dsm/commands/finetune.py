@@ -14,17 +14,18 @@ device.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from dsm.commands.finetune_common import (
     add_training_arguments,
-    check_out,
+    codes_cache,
+    keep_short,
     make_trainable,
-    read_manifest_or_fail,
     report,
     saver,
+    source_checkpoint,
+    start_run,
     train_config,
 )
 from dsm.commands.model_args import add_model_arguments, load_model
@@ -79,62 +80,31 @@ def _no_task(parser: argparse.ArgumentParser) -> int:
 
 def run_stt(args: argparse.Namespace) -> int:
     """Fine-tune an STT checkpoint (see :func:`add_parser`)."""
-    import torch
 
-    from dsm.checkpoint import open_checkpoint
     from dsm.extras import require
     from dsm.nn import set_cpu_kernels
     from dsm.stt.model import load_stt
-    from dsm.train.codes_cache import CodesCache, default_cache_dir, file_digest
-    from dsm.train.loop import init_distributed, train
+    from dsm.train.loop import train
     from dsm.train.stt_task import SttTask, align_missing, prepare_items
 
-    if args.quantize is not None:
-        raise DsmError("--quantize is not for training: fine-tune the float checkpoint")
-    out = Path(args.out)
-    check_out(out, args.resume)
-    train_set, val_set = (
-        read_manifest_or_fail(args.train),
-        (read_manifest_or_fail(args.val) if args.val else []),
-    )
-    if val_set:
+    run = start_run(args)
+    if run.val_set:
         names = ("jiwer", "whisper_normalizer") if args.normalizer != "none" else ("jiwer",)
         require("validation WER (--val)", *names)
-    rank, world_size = init_distributed()
-    device = args.device
-    if device is None and world_size > 1 and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}"
-    args.device = device
-    if args.dtype is None:
-        args.dtype = "float32"  # master weights; --precision bf16 autocasts the compute
     stt = load_model(load_stt, args, "dsm finetune stt --model DIR ...")
     set_cpu_kernels(stt.lm, pack=False)  # training needs the plain weights, with gradients
-    ckpt = open_checkpoint(
-        args.model, revision=args.revision, config=args.config, lm_weights=args.lm_weights,
-        mimi_weights=args.mimi_weights, tokenizer=args.tokenizer,
-    )  # fmt: skip
-    if args.max_duration is not None:
-        kept = [u for u in train_set if u.duration <= args.max_duration]
-        if len(kept) < len(train_set) and rank == 0:
-            print(f"dsm: {len(train_set) - len(kept)} utterances longer than "
-                  f"{args.max_duration} s left out", file=sys.stderr)  # fmt: skip
-        if not kept:
-            raise DsmError(f"every utterance is longer than --max-duration {args.max_duration}")
-        train_set = kept
-    train_set = align_missing(stt, train_set)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    cache = CodesCache(cache_dir, stt.codec, file_digest(ckpt.mimi_file()))
-    items = prepare_items(stt, train_set, cache)
+    ckpt = source_checkpoint(args)
+    train_set = align_missing(stt, keep_short(run.train_set, args.max_duration, run.rank))
+    items = prepare_items(stt, train_set, codes_cache(args, stt.codec, ckpt))
     settings = make_trainable(stt.lm, args)
     save = saver(stt.lm, settings, ckpt, args.merge)
-    task = SttTask(stt, items, save=save, val=val_set, normalizer=args.normalizer)
-    report(train(task, train_config(args, stt.lm, out, world_size)), rank)
+    task = SttTask(stt, items, save=save, val=run.val_set, normalizer=args.normalizer)
+    report(train(task, train_config(args, stt.lm, run.out, run.world_size)), run.rank)
     return 0
 
 
 def run_merge(args: argparse.Namespace) -> int:
     """Merge ``--lora`` into ``--model`` and write a checkpoint directory."""
-    from dsm.checkpoint import open_checkpoint
     from dsm.lm import load_lm_from_files
     from dsm.nn import set_cpu_kernels
     from dsm.train.export import export_checkpoint
@@ -143,10 +113,7 @@ def run_merge(args: argparse.Namespace) -> int:
         raise DsmError("dsm finetune merge needs --lora DIR (the output of 'dsm finetune stt')")
     if args.quantize is not None:
         raise DsmError("--quantize: merge first, then run 'dsm quantize' on the merged checkpoint")
-    ckpt = open_checkpoint(
-        args.model, revision=args.revision, config=args.config, lm_weights=args.lm_weights,
-        mimi_weights=args.mimi_weights, tokenizer=args.tokenizer,
-    )  # fmt: skip
+    ckpt = source_checkpoint(args)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DsmError(f"--out {out} exists and is not empty; choose a new directory")

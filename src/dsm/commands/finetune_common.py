@@ -7,18 +7,24 @@ import argparse
 import copy
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsm.errors import DsmError
 
 __all__ = [
+    "RunStart",
     "add_training_arguments",
     "check_out",
+    "codes_cache",
+    "keep_short",
     "make_trainable",
     "read_manifest_or_fail",
     "report",
     "saver",
+    "source_checkpoint",
+    "start_run",
     "train_config",
 ]
 
@@ -176,3 +182,68 @@ def report(result: Any, rank: int) -> None:
         print(f"{key}: {value:.4f}")
     for path in result.artefacts:
         print(f"wrote {path}")
+
+
+@dataclass
+class RunStart:
+    """What every task starts from: the output directory, the manifests, this process."""
+
+    out: Path
+    train_set: list[Any]
+    val_set: list[Any]
+    rank: int
+    world_size: int
+
+
+def start_run(args: argparse.Namespace) -> RunStart:
+    """Refuse ``--quantize``, check ``--out``, read the manifests, join the process group
+    (``torchrun``), and default the device (one GPU per process) and the dtype (float32 master
+    weights; ``--precision bf16`` autocasts the compute)."""
+    import torch
+
+    from dsm.train.loop import init_distributed
+
+    if args.quantize is not None:
+        raise DsmError("--quantize is not for training: fine-tune the float checkpoint")
+    out = Path(args.out)
+    check_out(out, args.resume)
+    train_set = read_manifest_or_fail(args.train)
+    val_set = read_manifest_or_fail(args.val) if args.val else []
+    rank, world_size = init_distributed()
+    if args.device is None and world_size > 1 and torch.cuda.is_available():
+        args.device = f"cuda:{torch.cuda.current_device()}"
+    if args.dtype is None:
+        args.dtype = "float32"
+    return RunStart(out, train_set, val_set, rank, world_size)
+
+
+def keep_short(train_set: list[Any], max_duration: float | None, rank: int) -> list[Any]:
+    """The utterances no longer than ``--max-duration`` (all without it); says how many were
+    left out, and refuses a set left empty."""
+    if max_duration is None:
+        return train_set
+    kept = [u for u in train_set if u.duration <= max_duration]
+    if len(kept) < len(train_set) and rank == 0:
+        print(f"dsm: {len(train_set) - len(kept)} utterances longer than {max_duration} s "
+              "left out", file=sys.stderr)  # fmt: skip
+    if not kept:
+        raise DsmError(f"every utterance is longer than --max-duration {max_duration}")
+    return kept
+
+
+def source_checkpoint(args: argparse.Namespace) -> Any:
+    """The ``--model`` checkpoint with the single-file options (for its config and files)."""
+    from dsm.checkpoint import open_checkpoint
+
+    return open_checkpoint(
+        args.model, revision=args.revision, config=args.config, lm_weights=args.lm_weights,
+        mimi_weights=args.mimi_weights, tokenizer=args.tokenizer,
+    )  # fmt: skip
+
+
+def codes_cache(args: argparse.Namespace, codec: Any, ckpt: Any) -> Any:
+    """The Mimi-code cache of ``--cache-dir`` (default ``~/.cache/dsm``) for this codec."""
+    from dsm.train.codes_cache import CodesCache, default_cache_dir, file_digest
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    return CodesCache(cache_dir, codec, file_digest(ckpt.mimi_file()))

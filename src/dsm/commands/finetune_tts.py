@@ -13,20 +13,20 @@ the training target and loss are :mod:`dsm.train.tts_target`'s.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from dsm.commands.finetune_common import (
     add_training_arguments,
-    check_out,
+    codes_cache,
+    keep_short,
     make_trainable,
-    read_manifest_or_fail,
     report,
     saver,
+    source_checkpoint,
+    start_run,
     train_config,
 )
 from dsm.commands.model_args import add_model_arguments, load_model
-from dsm.errors import DsmError
 
 __all__ = ["add_tts_parser", "run_tts"]
 
@@ -65,40 +65,19 @@ def add_tts_parser(sub: Any) -> None:
 
 def run_tts(args: argparse.Namespace) -> int:
     """Fine-tune a TTS checkpoint (see :func:`add_tts_parser`)."""
-    import torch
 
-    from dsm.checkpoint import open_checkpoint
-    from dsm.train.codes_cache import CodesCache, default_cache_dir, file_digest
-    from dsm.train.loop import init_distributed, train
+    from dsm.train.loop import train
     from dsm.train.manifest import needs_alignment
     from dsm.train.tts_target import freeze
     from dsm.train.tts_task import TtsTask, prepare_tts_items
     from dsm.tts.model import load_tts
     from dsm.tts.voices import DEFAULT_VOICE
 
-    if args.quantize is not None:
-        raise DsmError("--quantize is not for training: fine-tune the float checkpoint")
-    out = Path(args.out)
-    check_out(out, args.resume)
-    train_set, val_set = (
-        read_manifest_or_fail(args.train),
-        (read_manifest_or_fail(args.val) if args.val else []),
-    )
-    rank, world_size = init_distributed()
-    if args.device is None and world_size > 1 and torch.cuda.is_available():
-        args.device = f"cuda:{torch.cuda.current_device()}"
-    if args.dtype is None:
-        args.dtype = "float32"  # master weights; --precision bf16 autocasts the compute
+    run = start_run(args)
     extra = {} if args.voice_repo is None else {"voice_repo": args.voice_repo}
     tts = freeze(load_model(load_tts, args, "dsm finetune tts --model DIR ...", **extra))
-    ckpt = open_checkpoint(
-        args.model, revision=args.revision, config=args.config, lm_weights=args.lm_weights,
-        mimi_weights=args.mimi_weights, tokenizer=args.tokenizer,
-    )  # fmt: skip
-    if args.max_duration is not None:
-        train_set = [u for u in train_set if u.duration <= args.max_duration]
-        if not train_set:
-            raise DsmError(f"every utterance is longer than --max-duration {args.max_duration}")
+    ckpt = source_checkpoint(args)
+    train_set, val_set = keep_short(run.train_set, args.max_duration, run.rank), run.val_set
     if needs_alignment(train_set) or needs_alignment(val_set):
         from dsm.stt.model import load_stt
         from dsm.train.stt_task import align_missing
@@ -106,8 +85,7 @@ def run_tts(args: argparse.Namespace) -> int:
         stt = load_stt(args.stt_model, device=args.device)
         train_set, val_set = align_missing(stt, train_set), align_missing(stt, val_set)
         del stt
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    cache = CodesCache(cache_dir, tts.codec, file_digest(ckpt.mimi_file()))
+    cache = codes_cache(args, tts.codec, ckpt)
     items = prepare_tts_items(tts, train_set, cache)
     val_items = prepare_tts_items(tts, val_set, cache)
     voice = None
@@ -116,5 +94,5 @@ def run_tts(args: argparse.Namespace) -> int:
     settings = make_trainable(tts.lm, args)
     save = saver(tts.lm, settings, ckpt, args.merge)
     task = TtsTask(tts, items, voice=voice, save=save, cfg=args.cfg, val=val_items)
-    report(train(task, train_config(args, tts.lm, out, world_size)), rank)
+    report(train(task, train_config(args, tts.lm, run.out, run.world_size)), run.rank)
     return 0

@@ -150,6 +150,7 @@ class ModelModule(Generic[C]):
 
     name = "module"
     kind = "module"
+    path = ""  # the route that serves it (set by subclasses' constructors)
     # Shortest time between the starts of two steps while no input is waiting. Input arrives
     # one connection at a time; a model thread that steps at every arrival (a step that costs
     # little, as on a GPU) wakes per message and steps a slot or two at a time. Waiting for the
@@ -363,4 +364,6 @@ class ModelModule(Generic[C]):
             "used_slots": str(self.used_slots),
             "total_slots": str(self.batch_size),
             "free_slots": str(self.free_slots),
+            "path": self.path,
+            "model": self.model_id,
         }

@@ -377,11 +377,6 @@ class SttModule(ModelModule[SttChannel]):
         self._outbox.flush()
         return True
 
-    def info(self) -> dict[str, str]:
-        entry = super().info()
-        entry.update({"path": self.path, "model": self.model_id})
-        return entry
-
     @property
     def model_id(self) -> str:
         return public_model_id(self.stt.name)

@@ -391,11 +391,6 @@ class TtsModule(ModelModule[TtsChannel]):
         self._outbox.flush()
         return True
 
-    def info(self) -> dict[str, str]:
-        entry = super().info()
-        entry.update({"path": self.path, "model": self.model_id})
-        return entry
-
     @property
     def model_id(self) -> str:
         return public_model_id(str(getattr(self.tts, "name", "")) or self.name)
