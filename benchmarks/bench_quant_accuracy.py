@@ -4,7 +4,9 @@ stt-1b and tts-1.6b shapes (model-spec §1.4) with ``--layers`` main layers (the
 all of its layers), weights ``N(0, 1/fan_in)`` (tests.helpers.reference_lm.randomize_), random
 codes over ``--steps`` teacher-forced steps. For each mode: relative error of the text and
 audio logits against float32, and greedy agreement: the text token for STT, the audio codes for
-TTS (argmax at every step and codebook, the same context for both).
+TTS (argmax at every step and codebook, the same context for both). The row ``tables`` has
+only the embedding tables quantized (int8 rows, as every quantized LM has them), the
+projections float: their share of each mode's error.
 
     python benchmarks/bench_quant_accuracy.py --layers 2 --steps 200 --groups 32 64 128
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dsm.checkpoint.config import parse_config
 from dsm.models.lm import LMModel
-from dsm.models.lm_loading import quantize_lm
+from dsm.models.lm_loading import quantize_lm, quantize_tables
 from tests.helpers.published_configs import stt_1b_en_fr, tts_1p6b_en_fr
 from tests.helpers.reference_lm import randomize_
 
@@ -74,9 +76,12 @@ def main() -> None:
         lm = _model(kind, args.layers)
         codes, conditions = _inputs(lm, args.steps)
         ref = lm(codes, conditions)
-        variants = [("int8", 0)] + [("int4", g) for g in args.groups]
+        variants = [("tables", 0), ("int8", 0)] + [("int4", g) for g in args.groups]
         for mode, group in variants:
-            quantized = quantize_lm(copy.deepcopy(lm), mode, group_size=group or 64)
+            if mode == "tables":
+                quantized = quantize_tables(copy.deepcopy(lm))
+            else:
+                quantized = quantize_lm(copy.deepcopy(lm), mode, group_size=group or 64)
             out = quantized(codes, conditions)
             text = _rel(out.text_logits, ref.text_logits)
             if kind == "stt":

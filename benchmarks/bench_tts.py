@@ -22,6 +22,11 @@ Figures (per run):
 inside the same run with forward hooks, is scaled by ``16 / layers`` (everything else is not).
 
     python benchmarks/bench_tts.py --batch 1 4 --layers 2 --threads 2 [--dtype bfloat16]
+    python benchmarks/bench_tts.py --batch 1 4 --layers 16 --quantize int8 int4
+
+``--quantize``: dsm also runs with its LM quantized (the same weights,
+``dsm.models.lm_loading.quantize_lm``; Mimi stays float), one row per mode next to the same
+reference runs; the gain columns compare each with the reference float32.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 from benchmarks.bench_lm import Timer, dsm_from_reference
 from dsm.checkpoint.config import parse_config
 from dsm.mimi import load_mimi
+from dsm.models.lm_loading import quantize_lm
 from dsm.tokenizer import TextTokenizer
 from dsm.tts.engine import CLICK_FRAMES
 from dsm.tts.model import TextToSpeech
@@ -59,7 +65,12 @@ class Setup:
     """Reference and dsm models sharing one set of random weights."""
 
     def __init__(
-        self, layers: int, workdir: Path, text: str = TEXT, dtype: torch.dtype = torch.float32
+        self,
+        layers: int,
+        workdir: Path,
+        text: str = TEXT,
+        dtype: torch.dtype = torch.float32,
+        quantize: tuple[str, ...] = (),
     ) -> None:
         import sentencepiece
         from moshi.models.tts import StateMachine, TokenIds, TTSModel
@@ -94,7 +105,13 @@ class Setup:
         if ref_lm.condition_provider is not None:  # it takes float32 voice tensors, casts outputs
             ref_lm.condition_provider.float()
         codec = load_mimi(mimi_path)
-        self.dsm = TextToSpeech(lm, codec, TextTokenizer(tok_path), parse_config(raw))
+        tokenizer = TextTokenizer(tok_path)
+        self.dsm = TextToSpeech(lm, codec, tokenizer, parse_config(raw))
+        # dsm with quantized LMs (the same weights), by mode.
+        self.quantized: dict[str, TextToSpeech] = {}
+        for mode in quantize:
+            qlm = quantize_lm(dsm_from_reference(ref_lm, raw, dtype), mode)
+            self.quantized[mode] = TextToSpeech(qlm, codec, tokenizer, parse_config(raw))
 
     def run_reference(self, B: int) -> dict[str, float]:
         model = self.ref
@@ -121,8 +138,8 @@ class Setup:
         timer.remove()
         return self._figures(first[0], total, timer.total, (frames - CLICK_FRAMES) * B)
 
-    def run_dsm(self, B: int) -> dict[str, float]:
-        tts = self.dsm
+    def run_dsm(self, B: int, mode: str | None = None) -> dict[str, float]:
+        tts = self.dsm if mode is None else self.quantized[mode]
         entries = [tts.entries([self.text]) for _ in range(B)]
         rows = tts.conditions([self.voice_path], 2.0)
         timer = Timer(tts.lm.transformer)
@@ -165,12 +182,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side first")
     parser.add_argument("--text", default=TEXT, help="what to say")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--quantize", nargs="+", default=[], choices=["int8", "int4"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         dtype = getattr(torch, args.dtype)
-        setup = Setup(args.layers, Path(tmp), args.text, dtype)
+        setup = Setup(args.layers, Path(tmp), args.text, dtype, tuple(args.quantize))
         print(
             f"tts-1.6b-en_fr shape, main layers {args.layers} (x16: extrapolated to 16), "
             f"CPU threads {args.threads}, LM {args.dtype} (Mimi float32), temp 0.6, cfg 2.0, "
@@ -178,35 +196,43 @@ def main() -> None:
             f"after {args.warmup} warm-up run(s) per side"
         )
         header = (
-            f"{'B':>2} | {'first audio s':>22} {'x16':>22} | {'RTF':>20} {'x16':>20}\n"
-            f"{'':>2} | {'ref':>7} {'dsm':>7} {'gain':>6} {'ref':>7} {'dsm':>7} {'gain':>6} | "
-            f"{'ref':>6} {'dsm':>6} {'gain':>6} {'ref':>6} {'dsm':>6} {'gain':>6}"
+            f"{'B':>2} {'dsm LM':>12} | {'first audio s':>22} {'x16':>22} | "
+            f"{'RTF':>20} {'x16':>20}\n"
+            f"{'':>2} {'':>12} | {'ref':>7} {'dsm':>7} {'gain':>6} {'ref':>7} {'dsm':>7} "
+            f"{'gain':>6} | {'ref':>6} {'dsm':>6} {'gain':>6} {'ref':>6} {'dsm':>6} {'gain':>6}"
         )
         print(header)
-        print("-" * 96)
+        print("-" * 109)
+        modes: list[str | None] = [None, *args.quantize]
         for B in args.batch:
-            refs, dsms = [], []
+            refs: list[dict[str, float]] = []
+            dsms: dict[str | None, list[dict[str, float]]] = {m: [] for m in modes}
             for _ in range(args.warmup):
                 setup.run_reference(B)
-                setup.run_dsm(B)
+                for mode in modes:
+                    setup.run_dsm(B, mode)
             for _ in range(args.reps):
                 refs.append(setup.run_reference(B))
-                dsms.append(setup.run_dsm(B))
-            r = {
-                k: min(x[k] for x in refs) if "first" in k else max(x[k] for x in refs)
-                for k in refs[0]
-            }
-            d = {
-                k: min(x[k] for x in dsms) if "first" in k else max(x[k] for x in dsms)
-                for k in dsms[0]
-            }
-            print(
-                f"{B:>2} | {r['first']:7.2f} {d['first']:7.2f} {r['first'] / d['first']:5.2f}x "
-                f"{r['first16']:7.2f} {d['first16']:7.2f} {r['first16'] / d['first16']:5.2f}x | "
-                f"{r['rtf']:6.3f} {d['rtf']:6.3f} {d['rtf'] / r['rtf']:5.2f}x "
-                f"{r['rtf16']:6.3f} {d['rtf16']:6.3f} {d['rtf16'] / r['rtf16']:5.2f}x",
-                flush=True,
-            )
+                for mode in modes:
+                    dsms[mode].append(setup.run_dsm(B, mode))
+            r = best(refs)
+            for mode in modes:
+                d = best(dsms[mode])
+                name = f"{args.dtype[:4]}+{mode}" if mode else args.dtype
+                print(
+                    f"{B:>2} {name:>12} | {r['first']:7.2f} {d['first']:7.2f} "
+                    f"{r['first'] / d['first']:5.2f}x {r['first16']:7.2f} {d['first16']:7.2f} "
+                    f"{r['first16'] / d['first16']:5.2f}x | {r['rtf']:6.3f} {d['rtf']:6.3f} "
+                    f"{d['rtf'] / r['rtf']:5.2f}x {r['rtf16']:6.3f} {d['rtf16']:6.3f} "
+                    f"{d['rtf16'] / r['rtf16']:5.2f}x",
+                    flush=True,
+                )
+
+
+def best(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The best of each figure over runs (the lowest first-audio time, the highest RTF)."""
+    pick = {k: min if "first" in k else max for k in runs[0]}
+    return {k: pick[k](x[k] for x in runs) for k in runs[0]}
 
 
 if __name__ == "__main__":

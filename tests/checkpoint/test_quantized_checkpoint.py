@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from dsm.checkpoint.quantization import FORMAT_VERSION
-from dsm.checkpoint.weights import read_shapes
+from dsm.checkpoint.weights import read_safetensors, read_shapes
 from dsm.cli import main
 from dsm.errors import ConfigError
 from dsm.lm import load_lm
@@ -54,6 +55,7 @@ def test_quantized_dir_loads_the_same_integers(
     stored = read_shapes(directory / config["moshi_name"])
     assert not any(key.endswith("in_proj_weight") for key in stored)  # no float projection
     assert any(dtype in ("I8", "U8") for _, dtype in stored.values())
+    assert stored["emb.0.qweight"][1] == "I8" and "emb.0.weight" not in stored  # int8 tables
 
     direct = _buffers(load_lm(directory))
     at_load = _buffers(load_lm(stt_dir, quantize=mode))
@@ -64,6 +66,58 @@ def test_quantized_dir_loads_the_same_integers(
     by_hand = _buffers(quantize_lm(load_lm(stt_dir), mode, group_size=32))
     assert by_hand.keys() == direct.keys()
     assert all(torch.equal(direct[k], v) for k, v in by_hand.items())
+
+
+def test_format_1_checkpoint_still_loads(
+    stt_dir: Path, quantized_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Format 1 kept the embedding tables float: such a checkpoint loads, its tables quantized
+    at load, to the same tensors as the current format."""
+    from safetensors.torch import save_file
+
+    current = quantized_dirs["int8"]
+    old = tmp_path / "format1"
+    old.mkdir()
+    config = json.loads((current / "config.json").read_text())
+    for name in (config["mimi_name"], config["tokenizer_name"]):
+        (old / name).symlink_to(current / name)
+    lm = quantize_lm(load_lm(stt_dir), "int8", tables=False)
+    state = {k: v.contiguous() for k, v in lm.state_dict().items()}
+    assert "emb.0.weight" in state
+    save_file(state, str(old / config["moshi_name"]))
+    config["quantization"]["format_version"] = 1
+    (old / "config.json").write_text(json.dumps(config))
+    loaded, direct = load_lm(old).state_dict(), load_lm(current).state_dict()
+    assert loaded.keys() == direct.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in direct.items())
+
+
+def test_int4_checkpoint_loads_packed(quantized_dirs: dict[str, Path]) -> None:
+    """On CPU an int4 checkpoint's projections are packed for the kernel at load, their stored
+    nibbles read into memory (not mapped) and released; saving gives the stored tensors back."""
+    lm = load_lm(quantized_dirs["int4"])
+    modules = [m for m in lm.modules() if isinstance(m, QuantizedLinear)]
+    # The kernel takes row blocks of a multiple of 16 (the others multiply dequantized rows).
+    fits = [all((b - a) % 16 == 0 for a, b in itertools.pairwise(m.block_starts)) for m in modules]
+    assert sum(fits) > len(modules) / 2
+    for module, fit in zip(modules, fits, strict=True):
+        assert (module.packed_bytes() > 0) == fit
+        assert (module.qweight.stride() == (0, 0)) == fit
+    config = json.loads((quantized_dirs["int4"] / "config.json").read_text())
+    stored = read_safetensors(quantized_dirs["int4"] / config["moshi_name"])
+    state = lm.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in stored.items() if not k.endswith("alpha"))
+
+
+def test_copied_tensors_equal_mapped_ones(quantized_dirs: dict[str, Path]) -> None:
+    config = json.loads((quantized_dirs["int4"] / "config.json").read_text())
+    path = quantized_dirs["int4"] / config["moshi_name"]
+    mapped = read_safetensors(path)
+    keys = [k for k, v in mapped.items() if v.dtype in (torch.uint8, torch.int8, torch.bfloat16)]
+    copied = read_safetensors(path, copy=keys[:40])
+    assert copied.keys() == mapped.keys()
+    for key in keys[:40]:
+        assert copied[key].dtype == mapped[key].dtype and torch.equal(copied[key], mapped[key])
 
 
 def test_inspect_shows_the_quantization(

@@ -1,5 +1,6 @@
 """Quantized language models: logits close to float32, greedy choices mostly the same, the
-streaming path equal to the teacher-forced one, conditioners and embeddings left float.
+streaming path equal to the teacher-forced one, the conditioners and the embeddings' projections
+left float, the embedding tables int8 rows.
 
 Bounds: measured on these random models (seeded) with a margin of about 2x (relative logit
 error) and 10-20 points (agreement): int8 text 0.016 / audio 0.025, agreement 0.97-0.98; int4
@@ -16,6 +17,7 @@ import torch
 
 from dsm.checkpoint.config import parse_config
 from dsm.lm import Conditions
+from dsm.models.embeddings import TokenEmbedding
 from dsm.models.lm import LMModel
 from dsm.models.lm_loading import quantize_lm
 from dsm.nn import Linear
@@ -123,3 +125,35 @@ def test_only_transformer_depformer_and_heads_are_quantized(
             assert kind is QuantizedLinear, name
     assert any(n.startswith("depformer.") for n, k in kinds.items() if k is QuantizedLinear)
     assert any(n.startswith("transformer.") for n, k in kinds.items() if k is QuantizedLinear)
+    tables = [m for m in quantized.modules() if isinstance(m, TokenEmbedding)]
+    assert tables and all(t.quantized and t.weight is None for t in tables)
+    assert not any(k.endswith("emb.0.weight") for k in quantized.state_dict())
+
+
+def test_embedding_tables_round_trip(
+    tts_lm: tuple[LMModel, torch.Tensor, Conditions | None],
+) -> None:
+    """A table's int8 rows and bfloat16 row scales reconstruct it within half a step (plus the
+    scale's own rounding); a lookup returns exactly the dequantized rows; -1 still embeds to 0."""
+    lm, _, _ = tts_lm
+    for name in ("emb.3", "text_emb", "depformer_emb.0"):
+        float_table = lm.get_submodule(name)
+        assert isinstance(float_table, TokenEmbedding) and float_table.weight is not None
+        weight = float_table.weight.detach().clone()
+        table = copy.deepcopy(float_table)
+        table.quantize_table()
+        assert table.qweight is not None and table.scale is not None
+        assert table.qweight.dtype == torch.int8 and table.scale.dtype == torch.bfloat16
+        scale = table.scale.float()[:, None]
+        rebuilt = table.qweight.float() * scale
+        assert bool(((rebuilt - weight).abs() <= scale * (0.5 + 1e-3)).all()), name
+        ids = torch.tensor([[0, 5, table.num_embeddings - 1, 2]])
+        assert torch.equal(table.lookup(ids), rebuilt[ids])
+        with torch.no_grad():
+            out = table(torch.tensor([[-1, 4]]))
+            expected = float_table(torch.tensor([[-1, 4]]))
+        assert out.dtype == torch.float32 and bool((out[0, 0] == 0).all())
+        assert torch.allclose(out, expected, rtol=0.05, atol=float(scale.max()))
+        half = copy.deepcopy(table).to(torch.bfloat16)
+        assert half.lookup(ids).dtype == torch.bfloat16 and half.scale is not None
+        assert half.scale.dtype == torch.bfloat16

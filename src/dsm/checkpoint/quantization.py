@@ -8,8 +8,11 @@ Example::
 
 The LM weights file of such a checkpoint holds, for each quantized projection, the buffers of
 :class:`dsm.nn.quantized.QuantizedLinear` (``qweight``, ``scale``, ``zero``) instead of its
-``weight``. A ``format_version`` newer than :data:`FORMAT_VERSION` is refused with a message
-saying to upgrade dsm.
+``weight``, and since version 2 (:data:`TABLES_INT8_SINCE`) for each embedding table its int8
+rows and row scales (``qweight``, ``scale``, see
+:meth:`dsm.models.embeddings.TokenEmbedding.quantize_table`); version 1 files keep the tables
+float and are still read (the tables are quantized at load). A ``format_version`` newer than
+:data:`FORMAT_VERSION` is refused with a message saying to upgrade dsm.
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ from typing import Any
 
 from dsm.errors import ConfigError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "QuantizationConfig", "parse_quantization"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "TABLES_INT8_SINCE",
+    "QuantizationConfig",
+    "parse_quantization",
+]
 
 FORMAT = "dsm-weight-only"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The first format version whose embedding tables are stored as int8 rows.
+TABLES_INT8_SINCE = 2
 _MODES = ("int8", "int4")  # checked against dsm.nn.quantized.QUANT_MODES by the tests
 
 

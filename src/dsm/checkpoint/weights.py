@@ -1,10 +1,17 @@
 """Reading safetensors files: all tensors (memory-mapped), or only the header (names, shapes,
-parameter counts). The one reader of checkpoint weights: the LM, Mimi and voice files use it."""
+parameter counts). The one reader of checkpoint weights: the LM, Mimi and voice files use it.
+
+Memory-mapped tensors cost no copy, but every page read through the map stays in the process's
+resident memory while any tensor of the file lives. Tensors a loader will replace (int4 weights
+reordered into the CPU kernel's layout) are therefore read into process memory instead
+(``read_safetensors(path, copy=keys)``), so that memory goes when they do."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict, defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,8 +68,9 @@ def _unreadable(path: str | Path, exc: Exception) -> CheckpointError:
     )
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, memory-mapped on CPU (pages are read on first use)."""
+def read_safetensors(path: str | Path, copy: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, memory-mapped on CPU (pages are read on first use);
+    those named in ``copy`` are read into process memory instead (see the module docstring)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -70,9 +78,38 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            keys = [key for key in handle.keys() if key not in copy]  # noqa: SIM118
+            tensors = {key: handle.get_tensor(key) for key in keys}
+        if copy:
+            tensors.update(_read_copies(path, copy))
     except Exception as exc:  # safetensors raises its own error types
         raise _unreadable(path, exc) from exc
+    return tensors
+
+
+def _read_copies(path: Path, keys: Collection[str]) -> dict[str, torch.Tensor]:
+    """``keys`` of a safetensors file read with plain file reads (the format: an 8-byte
+    little-endian header size, a JSON header of dtype/shape/data_offsets, then the data)."""
+    import torch
+
+    dtypes = {
+        "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+        "I32": torch.int32, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16,
+        "F32": torch.float32, "F64": torch.float64,
+    }  # fmt: skip
+    out = {}
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        for key in keys:
+            info = header[key]
+            start, end = info["data_offsets"]
+            data = torch.empty(end - start, dtype=torch.uint8)
+            handle.seek(8 + size + start)
+            if handle.readinto(data.numpy().data) != end - start:
+                raise ValueError(f"tensor {key} is cut short")
+            out[key] = data.view(dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
 
 
 def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:

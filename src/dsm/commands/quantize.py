@@ -32,7 +32,8 @@ def add_parser(subparsers: Any) -> None:
         help="write a quantized (int8/int4) copy of a checkpoint",
         description="Quantize the language model of SOURCE (hub repo id or local directory) "
         "and write a checkpoint directory that every command loads directly: int8 per output "
-        "channel (--bits 8) or int4 group-wise (--bits 4). Mimi and the embeddings stay float.",
+        "channel (--bits 8) or int4 group-wise (--bits 4); the embedding tables become int8 "
+        "rows. Mimi stays float.",
     )
     parser.add_argument("source", help="hub repo id (owner/name[@rev]) or checkpoint directory")
     parser.add_argument("out_dir", help="new directory to write (must not exist or be empty)")

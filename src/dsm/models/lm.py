@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from dsm.checkpoint.config import LMConfig
 from dsm.errors import ConfigError
@@ -283,12 +282,12 @@ class LMModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the parameters."""
-        return self.text_emb.weight.device
+        return self.text_emb.table_device
 
     @property
     def dtype(self) -> torch.dtype:
         """Floating dtype of the network (the conditioners stay float32)."""
-        return self.text_emb.weight.dtype
+        return self.text_emb.table_dtype
 
     # -- main transformer ---------------------------------------------------------------------
 
@@ -325,7 +324,7 @@ class LMModel(nn.Module):
         table = self.emb[k]
         assert isinstance(table, TokenEmbedding)
         i = AUDIO_OFFSET + k
-        return F.embedding(safe[:, i], table.weight).masked_fill_(is_zero[:, i], 0.0)
+        return table.lookup(safe[:, i]).masked_fill_(is_zero[:, i], 0.0)
 
     def forward_text(
         self,

@@ -14,20 +14,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from dsm.checkpoint.config import CheckpointConfig, LMConfig
+from dsm.checkpoint.quantization import TABLES_INT8_SINCE
 from dsm.checkpoint.weights import fuse_split_projections, read_safetensors
 from dsm.errors import ConfigError, WeightsError
 from dsm.models.embeddings import TokenEmbedding
 from dsm.models.lm import LMModel
+from dsm.nn.host_memory import release_free_memory
 from dsm.nn.linear import set_cpu_kernels
 from dsm.nn.quantized import (
     DEFAULT_GROUP_SIZE,
     QuantizedLinear,
     check_quantize_mode,
+    pack_model,
     quantize_model,
 )
 
@@ -39,9 +43,12 @@ __all__ = [
     "load_lm_from_files",
     "load_lm_state",
     "quantize_lm",
+    "quantize_tables",
     "read_safetensors",
     "target_dtype",
 ]
+
+_log = logging.getLogger(__name__)
 
 # Checkpoint parts the reference always keeps in float32, whatever the model dtype.
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")
@@ -120,6 +127,7 @@ def load_lm_state(
         f"{name}.{buffer}": tensor.dtype
         for name, module in model.named_modules()
         if isinstance(module, QuantizedLinear)
+        or (isinstance(module, TokenEmbedding) and module.quantized)
         for buffer, tensor in module.named_buffers(recurse=False)
     }
     wrong_dtype = [
@@ -152,15 +160,33 @@ def default_dtype(device: torch.device | str | None) -> torch.dtype:
 
 
 def quantize_lm(
-    model: LMModel, mode: str, group_size: int = DEFAULT_GROUP_SIZE, device: str | None = None
+    model: LMModel,
+    mode: str,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    device: str | None = None,
+    *,
+    tables: bool = True,
 ) -> LMModel:
-    """Quantize the projections of the LM (temporal transformer, depformer, heads); the
-    float32 conditioners, the embeddings (with their low-rank and demux projections) and the
-    norms stay float. ``device="meta"`` builds empty quantized modules to load a quantized
-    checkpoint into."""
+    """Quantize the LM: its projections (temporal transformer, depformer, heads) in ``mode``
+    and, with ``tables``, its embedding tables as int8 rows
+    (:meth:`~dsm.models.embeddings.TokenEmbedding.quantize_table`, whatever ``mode``: the
+    tables are read a few rows per step, so their size matters, not their speed). The float32
+    conditioners, the embeddings' low-rank and demux projections and the norms stay float.
+    ``device="meta"`` builds empty quantized modules to load a quantized checkpoint into."""
     skip = [prefix.rstrip(".") for prefix in FLOAT32_PREFIXES]
-    skip += [name for name, m in model.named_modules() if isinstance(m, TokenEmbedding)]
+    tables_of = [(n, m) for n, m in model.named_modules() if isinstance(m, TokenEmbedding)]
+    skip += [name for name, _ in tables_of]
     quantize_model(model, mode, group_size=group_size, skip=skip, device=device)
+    if tables:
+        quantize_tables(model, device=device)
+    return model
+
+
+def quantize_tables(model: LMModel, device: str | None = None) -> LMModel:
+    """Store every embedding table of ``model`` as int8 rows with a scale per row."""
+    for module in model.modules():
+        if isinstance(module, TokenEmbedding):
+            module.quantize_table(device=device)
     return model
 
 
@@ -207,14 +233,32 @@ def load_lm_from_files(
         raise
     except ValueError as exc:
         raise ConfigError(f"this LM config describes a model dsm cannot build: {exc}") from exc
+    # Format 1 kept the embedding tables float; they are quantized after loading.
+    float_tables = stored is not None and stored.format_version < TABLES_INT8_SINCE
+    copy: list[str] = []
     if stored is not None:
-        quantize_lm(model, stored.mode, stored.group_size or DEFAULT_GROUP_SIZE, device="meta")
-    state = read_safetensors(weights)
+        group = stored.group_size or DEFAULT_GROUP_SIZE
+        quantize_lm(model, stored.mode, group, device="meta", tables=not float_tables)
+        if stored.mode == "int4" and torch.device(device or "cpu").type == "cpu":
+            # Packed for the CPU kernel below: read into memory that goes with them, not mapped.
+            copy = [
+                f"{name}.{buffer}"
+                for name, module in model.named_modules()
+                if isinstance(module, QuantizedLinear)
+                for buffer in ("qweight", "scale", "zero")
+            ]
+    state = read_safetensors(weights, copy=copy)
     load_lm_state(model, state, device=device, dtype=dtype, what=f"weights {weights}")
+    del state
+    if float_tables:
+        quantize_tables(model)
     if lora is not None:
         from dsm.models.lora_loading import apply_adapter
 
         apply_adapter(model, lora)
     if quantize is not None and stored is None:
         quantize_lm(model, quantize, group_size)
+    # int4 on CPU: the kernel's layout now, the stored nibbles freed.
+    if (pack_model(model) or quantize is not None) and release_free_memory():
+        _log.debug("returned the quantization temporaries' memory to the system")
     return model.eval()

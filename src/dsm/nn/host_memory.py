@@ -5,14 +5,21 @@ cgroup limit is usually lower: cgroup v2 (``memory.max``, ``memory.current``) or
 (``memory.limit_in_bytes``, ``memory.usage_in_bytes``). A cgroup's usage counts page cache,
 which the kernel can reclaim, so its inactive file pages are not counted as used (as
 ``docker stats`` does). Used to decide whether a memory-for-speed trade (packed CPU weights) fits.
+
+:func:`release_free_memory` hands memory the allocator keeps after large frees back to the
+system (glibc's ``malloc_trim``): the loaders call it after quantizing or packing weights, whose
+temporaries would otherwise stay in the process's resident memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["HostMemory", "host_memory"]
+__all__ = ["HostMemory", "host_memory", "release_free_memory"]
 
 _MEMINFO = Path("/proc/meminfo")
 _CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -76,3 +83,22 @@ def host_memory() -> HostMemory | None:
     if not found:
         return None
     return min(found, key=lambda m: m.available)
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._NamedFuncPointer | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return the allocator's free memory to the system where the C library can (glibc);
+    True when it did."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -50,6 +50,7 @@ __all__ = [
     "check_quantize_mode",
     "dequantize_int4",
     "dequantize_int8",
+    "pack_model",
     "quantize_int4",
     "quantize_int8",
     "quantize_model",
@@ -287,10 +288,8 @@ class QuantizedLinear(nn.Module):
             if self.in_features % _INT8_COL_MULTIPLE:
                 return None
             return torch._weight_int8pack_mm(rows, self.qweight[start:end], self.scale[start:end])
-        if self._packs is None:
-            if any((e - s) % _INT4_ROW_MULTIPLE for s, e in self._block_ranges()):
-                return None
-            self._pack()
+        if self._packs is None and not self.pack():
+            return None
         assert self._packs is not None
         packed, scales_zeros = self._packs[block]
         return torch._weight_int4pack_mm_for_cpu(rows, packed, self.group_size, scales_zeros)
@@ -312,35 +311,49 @@ class QuantizedLinear(nn.Module):
     def _block_ranges(self) -> list[tuple[int, int]]:
         return list(itertools.pairwise(self.block_starts))
 
+    def pack(self) -> bool:
+        """Reorder an int4 weight into the CPU kernel's layout now rather than on the first
+        call (loaders do it so the stored nibbles are freed at load). True when packed."""
+        if self._packs is not None:
+            return True
+        if self.mode != "int4" or self.qweight.device.type != "cpu":
+            return False
+        if any((e - s) % _INT4_ROW_MULTIPLE for s, e in self._block_ranges()):
+            return False
+        self._pack()
+        return True
+
     def _pack(self) -> None:
         self._packs = [
             _int4_pack_cpu(self.qweight[s:e], self.scale[s:e], self.zero[s:e])
             for s, e in self._block_ranges()
         ]
-        # Keep the buffer (shape, dtype) with no storage: the packed copy is the only one.
-        q = self.qweight
-        self.qweight = torch.empty((), dtype=q.dtype, device=q.device).expand(q.shape)
+        # Keep the buffers (shape, dtype) with no storage: the packed copies are the only ones.
+        for name in ("qweight", "scale", "zero"):
+            t = getattr(self, name)
+            setattr(self, name, torch.empty((), dtype=t.dtype, device=t.device).expand(t.shape))
 
     def unpack_weight(self) -> None:
-        """Restore the stored nibbles from the packed int4 blocks (no-op when not packed)."""
+        """Restore the stored nibbles and scales from the packed int4 blocks (no-op when not
+        packed)."""
         packs = self.__dict__.get("_packs")
         if packs is None:
             return
         self._packs = None
         K = self.in_features
+        blocks = list(zip(packs, self._block_ranges(), strict=True))
         self.qweight = torch.cat(
-            [
-                _int4_unpack_cpu(p, e - s, K, self.group_size)
-                for (p, _), (s, e) in zip(packs, self._block_ranges(), strict=False)
-            ],
-            dim=0,
+            [_int4_unpack_cpu(p, e - s, K, self.group_size) for (p, _), (s, e) in blocks], dim=0
         )
+        # scales_zeros is [groups, rows, 2]: the stacked scale and zero, transposed.
+        self.scale = torch.cat([sz[..., 0].t() for _, sz in packs], dim=0).contiguous()
+        self.zero = torch.cat([sz[..., 1].t() for _, sz in packs], dim=0).contiguous()
 
     def packed_bytes(self) -> int:
-        """Bytes held in packed int4 blocks (0 while plain)."""
+        """Bytes held in packed int4 blocks and their scales (0 while plain)."""
         if self._packs is None:
             return 0
-        return sum(p.numel() * p.element_size() for p, _ in self._packs)
+        return sum(t.numel() * t.element_size() for pair in self._packs for t in pair)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> QuantizedLinear:
         self.unpack_weight()
@@ -357,7 +370,7 @@ class QuantizedLinear(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._packs = None
+        self.unpack_weight()  # real buffers to load into (or to be replaced, with assign)
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -370,6 +383,12 @@ class QuantizedLinear(nn.Module):
 
 
 # -- whole models -----------------------------------------------------------------------------
+
+
+def pack_model(model: nn.Module) -> int:
+    """Pack every int4 projection of ``model`` on CPU for the kernel now
+    (:meth:`QuantizedLinear.pack`); returns how many were packed."""
+    return sum(1 for m in model.modules() if isinstance(m, QuantizedLinear) and m.pack())
 
 
 def quantized_mode(model: nn.Module) -> str | None:
