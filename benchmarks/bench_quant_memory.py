@@ -94,6 +94,7 @@ def child_quantize(source: str, out: str, bits: int) -> dict[str, Any]:
 def child_run(directory: str, quantize: str | None, steps: int) -> dict[str, Any]:
     import torch
 
+    from benchmarks.bench_lm import weight_bytes
     from dsm.checkpoint import open_checkpoint
     from dsm.lm import load_lm
     from dsm.mimi import FRAME_SIZE, load_mimi
@@ -120,28 +121,13 @@ def child_run(directory: str, quantize: str | None, steps: int) -> dict[str, Any
         after = status_kb("VmRSS")
     times.sort()
     return {
-        "held": held_bytes(lm),
+        "held": weight_bytes(lm),
         "load_s": load_s,
         "loaded": (loaded - base) * 1e3,
         "resident": (after - base) * 1e3,
         "peak": (status_kb("VmHWM") - base) * 1e3,
         "ms": times[len(times) // 2] * 1e3,
     }
-
-
-def held_bytes(module: Any) -> int:
-    """Bytes of the tensors ``module`` holds: parameters and buffers (each storage once) and
-    the packed copies of its projections."""
-    from dsm.nn.linear import packed_weight_bytes
-    from dsm.nn.quantized import QuantizedLinear
-
-    seen: dict[int, int] = {}
-    for tensor in [*module.parameters(), *module.buffers()]:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    packs = packed_weight_bytes(module)
-    packs += sum(m.packed_bytes() for m in module.modules() if isinstance(m, QuantizedLinear))
-    return sum(seen.values()) + packs
 
 
 def spawn(args: list[str], threads: int) -> dict[str, Any]:

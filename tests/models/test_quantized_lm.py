@@ -3,9 +3,10 @@ streaming path equal to the teacher-forced one, the conditioners and the embeddi
 left float, the embedding tables int8 rows.
 
 Bounds: measured on these random models (seeded) with a margin of about 2x (relative logit
-error) and 10-20 points (agreement): int8 text 0.016 / audio 0.025, agreement 0.97-0.98; int4
-(group 32) text 0.17-0.19 / audio 0.30, agreement 0.69-0.89. Random weights are the worst case
-for a weight quantizer (no structure to preserve); the README has real-width figures.
+error) and 8-15 points (agreement): int8 (projections and int8 embedding tables) text
+0.014-0.019 / audio 0.023, agreement 0.93-0.98; int4 (group 32) text 0.19-0.20 / audio 0.28,
+agreement 0.63-0.83. Random weights are the worst case for a weight quantizer (no structure to
+preserve); the README has real-width figures.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.helpers.reference_lm import STT_LIKE, TINY, TTS_LIKE, randomize_
 from tests.models.test_projections import _codes, _stream
 
 # mode -> (text rel error, audio rel error, least agreement)
-BOUNDS = {"int8": (0.04, 0.06, 0.9), "int4": (0.35, 0.5, 0.5)}
+BOUNDS = {"int8": (0.04, 0.06, 0.85), "int4": (0.35, 0.5, 0.5)}
 B, T = 2, 48
 
 
