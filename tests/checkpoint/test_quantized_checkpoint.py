@@ -109,6 +109,29 @@ def test_int4_checkpoint_loads_packed(quantized_dirs: dict[str, Path]) -> None:
     assert all(torch.equal(state[k], v) for k, v in stored.items() if not k.endswith("alpha"))
 
 
+def test_int4_checkpoint_missing_a_tensor_names_it(
+    quantized_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from dsm.errors import WeightsError
+
+    source = quantized_dirs["int4"]
+    config = json.loads((source / "config.json").read_text())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in source.iterdir():
+        if path.name != config["moshi_name"]:
+            (broken / path.name).symlink_to(path)
+    state = dict(read_safetensors(source / config["moshi_name"]))
+    gone = next(k for k in state if k.endswith("linear_in.qweight"))
+    del state[gone]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(broken / config["moshi_name"]))
+    with pytest.raises(WeightsError, match="missing") as exc:
+        load_lm(broken)
+    assert gone in str(exc.value)
+
+
 def test_copied_tensors_equal_mapped_ones(quantized_dirs: dict[str, Path]) -> None:
     config = json.loads((quantized_dirs["int4"] / "config.json").read_text())
     path = quantized_dirs["int4"] / config["moshi_name"]

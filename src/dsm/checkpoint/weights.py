@@ -78,10 +78,12 @@ def read_safetensors(path: str | Path, copy: Collection[str] = ()) -> dict[str, 
         raise CheckpointError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            keys = [key for key in handle.keys() if key not in copy]  # noqa: SIM118
-            tensors = {key: handle.get_tensor(key) for key in keys}
-        if copy:
-            tensors.update(_read_copies(path, copy))
+            keys = list(handle.keys())
+            # A key the file lacks is left for the loader to name (strict key check).
+            copied = set(copy) & set(keys)
+            tensors = {key: handle.get_tensor(key) for key in keys if key not in copied}
+        if copied:
+            tensors.update(_read_copies(path, copied))
     except Exception as exc:  # safetensors raises its own error types
         raise _unreadable(path, exc) from exc
     return tensors
