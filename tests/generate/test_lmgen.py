@@ -406,6 +406,15 @@ def test_cuda_graph_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda_graphs_enabled(torch.device("cuda"))
 
 
+def _conditions_to_cuda(kwargs: dict) -> None:  # type: ignore[type-arg]
+    """Move the generator keyword arguments' conditions to CUDA, in place."""
+    c = kwargs.get("conditions")
+    if c is not None:
+        kwargs["conditions"] = type(c)(
+            None if c.sum is None else c.sum.cuda(), None if c.cross is None else c.cross.cuda()
+        )
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(("config", "sampled"), [("stt", False), ("tts", False), ("tts", True)])
 def test_cuda_graph_equals_eager(config: str, sampled: bool) -> None:
@@ -418,11 +427,7 @@ def test_cuda_graph_equals_eager(config: str, sampled: bool) -> None:
     outs = []
     for graph in (False, True):
         kwargs = pair.gen_kwargs(list(range(B)))
-        if kwargs.get("conditions") is not None:
-            c = kwargs["conditions"]
-            kwargs["conditions"] = type(c)(
-                None if c.sum is None else c.sum.cuda(), None if c.cross is None else c.cross.cuda()
-            )
+        _conditions_to_cuda(kwargs)
         if sampled:
             kwargs.update(temp=0.8, temp_text=0.7, top_k=20, top_k_text=10)
             kwargs["generator"] = torch.Generator("cuda").manual_seed(3)
@@ -456,11 +461,7 @@ def test_cuda_graph_captures_quantized_projections(mode: str) -> None:
     outs = []
     for graph in (False, True):
         kwargs = pair.gen_kwargs(list(range(B)))
-        if kwargs.get("conditions") is not None:
-            c = kwargs["conditions"]
-            kwargs["conditions"] = type(c)(
-                None if c.sum is None else c.sum.cuda(), None if c.cross is None else c.cross.cuda()
-            )
+        _conditions_to_cuda(kwargs)
         gen = StreamingGenerator(lm, B, cuda_graph=graph, **kwargs)
         with gen:
             outs.append([gen.step(codes[:, :, t : t + 1]).tokens.cpu() for t in range(T)])

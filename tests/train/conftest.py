@@ -4,25 +4,13 @@ a silence prefix that is not a whole number of frames, and the synthetic dataset
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers.reference_stt import ReferenceStt, make_reference_stt_dir, stt_config
+from tests.helpers.threads import one_torch_thread
 from tests.train.synthetic import write_dataset
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models train an order of magnitude faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

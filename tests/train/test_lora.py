@@ -21,7 +21,7 @@ from dsm.models.lm import LMModel
 from dsm.nn.lora import LoRALinear
 from dsm.train.lora import LoraSettings, add_lora
 from tests.helpers.reference_stt import ReferenceStt
-from tests.train.conftest import one_torch_thread
+from tests.helpers.threads import one_torch_thread
 
 # float32 on CPU: merging reorders one sum (W x + s B A x vs (W + s B A) x).
 MERGE_RTOL = 1e-5

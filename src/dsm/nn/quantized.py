@@ -214,6 +214,10 @@ class QuantizedLinear(nn.Module):
             self.bias = nn.Parameter(empty, requires_grad=False)
         # int4 on CPU: (packed weight, scales_zeros) per block, while packed.
         self._packs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Whether the int4 kernel takes every row block (else the dequantized product is used).
+        self._kernel_rows = not any(
+            (end - start) % _INT4_ROW_MULTIPLE for start, end in self._block_ranges()
+        )
 
     @classmethod
     def from_linear(
@@ -316,9 +320,7 @@ class QuantizedLinear(nn.Module):
         call (loaders do it so the stored nibbles are freed at load). True when packed."""
         if self._packs is not None:
             return True
-        if self.mode != "int4" or self.qweight.device.type != "cpu":
-            return False
-        if any((e - s) % _INT4_ROW_MULTIPLE for s, e in self._block_ranges()):
+        if self.mode != "int4" or self.qweight.device.type != "cpu" or not self._kernel_rows:
             return False
         self._pack()
         return True
