@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsm.stt.word_stream import words_from_tokens
-from dsm.stt.words import join_words
+from dsm.checkpoint.config import TEXT_PADDING_ID
 from tests.helpers.hub_layout import save_hub_safetensors
 from tests.helpers.reference_lm import STT_LIKE, make_reference_lm_dir
 from tests.helpers.reference_mimi import build_reference_mimi, save_reference_mimi
@@ -96,9 +95,9 @@ def reference_transcribe(
 ) -> tuple[str, list[int]]:
     """The reference pipeline on 24 kHz mono ``pcm``: (text, output tokens).
 
-    The text is made from the reference's tokens by dsm's one rule for text and words (words
-    split at the model's word-start markers, joined by spaces), so equal texts mean equal
-    tokens up to that rule."""
+    The text is the reference's greedy transcript: its tokenizer's decode of every text token
+    above the padding id (as ``moshi.run_inference`` and the upstream scripts print it), split
+    on whitespace and joined by single spaces. Nothing of dsm's word assembly is used."""
     from moshi.models.lm import LMGen
 
     stt = ref.config["stt_config"]
@@ -120,5 +119,5 @@ def reference_transcribe(
                 gen.step(codes)
             out = gen.step(codes)
             tokens.append(int(out[0, 0, 0]))
-    words = words_from_tokens(tokens, ref.tokenizer.decode, ref.tokenizer.encode)
-    return join_words(words), tokens
+    pad = TEXT_PADDING_ID
+    return " ".join(ref.tokenizer.decode([t for t in tokens if t > pad]).split()), tokens

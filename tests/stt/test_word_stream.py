@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dsm.stt.word_stream import WordEnd, WordStart, WordStream, words_from_tokens
+from dsm.stt.word_stream import (
+    WordContinued,
+    WordEnd,
+    WordEvent,
+    WordStart,
+    WordStream,
+    words_from_tokens,
+)
 
 # A toy vocabulary: ids > 3 are pieces; "▁" marks a word start, as in SentencePiece.
-PIECES = {4: "▁hello", 5: "▁wor", 6: "ld", 7: "▁a", 8: "▁b", 9: "▁c"}
+PIECES = {4: "▁hello", 5: "▁wor", 6: "ld", 7: "▁a", 8: "▁b", 9: "▁c", 10: "D"}
 P, E = 3, 0  # padding, end of padding
 
 
@@ -18,6 +25,51 @@ def encode(text: str) -> list[int]:
     if text in reverse:
         return [reverse[text]]
     return [5, 6] if text == "world" else [4]
+
+
+def _events(tokens: list[int]) -> list[tuple[int, WordEvent]]:
+    stream = WordStream(decode, encode, frame_rate=12.5)
+    events = [(step, e) for step, token in enumerate(tokens) for e in stream.push(step, token)]
+    return events + [(len(tokens), e) for e in stream.finish(len(tokens) - 1)]
+
+
+def test_piece_after_padding_continues_the_word() -> None:
+    # The reference decodes a segment's pieces together: "▁wor", padding, "ld" is "world".
+    tokens = [P, E, 5, P, P, 6, P, P]
+    words = words_from_tokens(tokens, decode, encode, frame_rate=12.5)
+    assert [w.text for w in words] == ["world"]
+    assert words[0].start == 2 / 12.5 and words[0].end == 8 / 12.5  # stream end, < 1 s
+    events = _events(tokens)
+    # Live: the word as soon as its first pieces are complete, then its continuation.
+    assert events[0] == (3, WordStart(0, "wor", 2 / 12.5))
+    assert events[1] == (6, WordContinued(0, "world", "ld", 2 / 12.5, False))
+    assert isinstance(events[2][1], WordEnd) and len(events) == 3
+
+
+def test_piece_after_a_marker_continues_the_word_too() -> None:
+    # Words are the whole stream's decode split on whitespace, as the reference's transcript.
+    tokens = [E, 4, P, E, 10, P, E, 7, P]
+    words = words_from_tokens(tokens, decode, encode, frame_rate=12.5)
+    assert [w.text for w in words] == ["helloD", "a"]
+    assert words[0].start == 1 / 12.5
+    assert words[0].end == 5 / 12.5  # ended at the marker (step 3), extended past "D" (step 4)
+    assert words[1].start == 7 / 12.5
+    cont = [e for _, e in _events(tokens) if isinstance(e, WordContinued)]
+    assert cont == [WordContinued(0, "helloD", "D", 1 / 12.5, True)]  # its WordEnd was sent
+
+
+def test_live_events_rebuild_the_final_words() -> None:
+    tokens = [E, 7, P, 10, P, P, 8, 10, P, 9, E, 10, 5, P, 6, P]
+    final = [w.text for w in words_from_tokens(tokens, decode, encode, frame_rate=12.5)]
+    live: list[str] = []
+    for _, event in _events(tokens):
+        if isinstance(event, WordStart):
+            assert event.index == len(live)
+            live.append(event.text)
+        elif isinstance(event, WordContinued):
+            assert live[event.index] + event.suffix == event.text
+            live[event.index] = event.text
+    assert live == final == decode([t for t in tokens if t > 3]).split()
 
 
 def test_words_with_markers_match_reference_spans() -> None:
@@ -87,3 +139,12 @@ def test_prompt_forcer_masks_and_advances() -> None:
     forcer.on_logits(logits)
     forcer.on_token(torch.tensor([9, 11]), torch.tensor([False, True]))  # slot 0 paused
     assert forcer.pointer.tolist() == [1, 0]
+
+
+def test_words_of_one_segment_split_by_padding_take_reference_spans() -> None:
+    # Segment from step 1: "a" (1 token) starts at 1, "b" one token later, although emitted
+    # after padding; "c" after "b"'s token (model-spec §4.4).
+    tokens = [E, 7, P, P, 8, P, 9, P]
+    words = words_from_tokens(tokens, decode, encode, frame_rate=12.5)
+    assert [w.text for w in words] == ["a", "b", "c"]
+    assert [round(w.start * 12.5) for w in words] == [1, 2, 3]

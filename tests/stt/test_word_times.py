@@ -48,6 +48,8 @@ def test_long_token_stream(tmp_path: Path) -> None:
     _check(fitted, duration)
     assert [w.text for w in fitted] == [w.text for w in raw]
     assert join_words(fitted).split() == [w.text for w in raw]
+    # The reference's transcript: the decode of every piece of the stream, split on whitespace.
+    assert [w.text for w in raw] == tokenizer.decode([int(t) for t in tokens if t > 3]).split()
 
 
 @pytest.mark.parametrize("seconds", [20.0])

@@ -227,7 +227,8 @@ class SpeechToText:
         ``on_audio(index, seconds)`` is called after each model step of an input with the
         seconds of it heard so far (for progress bars; the last steps, for the model's delay,
         report times past the input's end). ``on_word(index, word)`` is called for each word of
-        an input as soon as its end is known (times before the transcript's final fitting).
+        an input once its text is final: when the next word starts, or at the input's end
+        (times before the transcript's final fitting).
         """
         return self._run_many(
             inputs,
@@ -347,9 +348,13 @@ class SpeechToText:
                         pauses[b] if pauses is not None else None,
                         bool(forced[b]) if forced is not None else False,
                     )
-                    _report(_index(slots, b), job, self.sample_rate, on_audio, on_word, seen)
+                    index = _index(slots, b)
                     if job.done:
-                        drop(b, job.result())
+                        result = job.result()  # decodes the last pieces: the last word is final
+                        _report(index, job, self.sample_rate, on_audio, on_word, seen, True)
+                        drop(b, result)
+                    else:
+                        _report(index, job, self.sample_rate, on_audio, on_word, seen, False)
         if bar is not None:
             bar.close()
         return [r for r in results if r is not None]
@@ -508,14 +513,18 @@ def _report(
     on_audio: Callable[[int, float], None] | None,
     on_word: Callable[[int, Word], None] | None,
     seen: dict[int, int],
+    finished: bool,
 ) -> None:
-    """Progress callbacks of ``transcribe_many`` after a step of input ``index``."""
+    """Progress callbacks of ``transcribe_many`` after a step of input ``index``: a word is
+    passed to ``on_word`` once its text is final (a later word started, or the input is
+    ``finished``), since a piece without a word-start marker may still extend it."""
     if on_audio is not None:
         heard = job.step * FRAME_SIZE / sample_rate
         on_audio(index, max(0.0, heard - job.plan.input_offset_seconds))
     if on_word is not None:
         words, count = job.stream.words.words, seen.get(index, 0)
-        while count < len(words) and words[count].text:  # an empty one is not closed yet
+        final = len(words) if finished else len(words) - 1
+        while count < final:
             on_word(index, words[count])
             count += 1
         seen[index] = count

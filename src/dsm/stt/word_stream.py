@@ -4,19 +4,28 @@ The STT model emits one text token per 80 ms step: mostly padding (``PAD``, id 3
 ``EOP`` (id 0, "end of padding") right before a word starts, and word pieces (ids above the
 padding id). This module turns that stream into words with start and end times.
 
-Semantics (chosen to match the reference where it defines them, model-spec §4.4):
+**Words** are the reference's: the tokenizer's decode of all the stream's pieces, split on
+whitespace. A word therefore starts only at a piece with the tokenizer's word-start marker
+(``▁``); a piece without one continues the word before it, even when padding or an ``EOP``
+marker came in between (``mulesaica`` then, after padding, ``D`` is the word ``mulesaicaD``).
 
-* A *segment* runs from the step after an ``EOP`` marker to the next marker. Its word pieces are
-  decoded together and split on whitespace. With one word, the word starts at the first step of
-  the segment; with several (words too close for a marker each), the first ``n - 1`` words take
-  as many steps as they have tokens, consecutively from the segment start, as the reference
-  does.
-* A word is **emitted as soon as its pieces are complete**, i.e. at the first padding or marker
-  that follows them, without waiting for the next word.
-* A word **ends** at the start of the next word (the next marker) if that comes within
-  ``max_end_frames`` (12.5 frames = 1 s, the reference's bound for the last word) of its start,
-  and otherwise ``max_end_frames`` after its start; never before its last piece. So the last word
-  of an utterance gets its end at most 1 s after it starts, without a next word.
+**Live emission.** Pieces are decoded at the first padding or marker after them, so a word is
+emitted (:class:`WordStart`) as soon as its pieces so far are complete, without waiting for the
+next word. A later piece that continues an emitted word gives :class:`WordContinued` with the
+word's new text and the ``suffix`` that extends what was sent (the server sends it as a
+``Word`` with ``continues`` set, see docs/server.md). Once the stream is finished,
+:attr:`WordStream.words` equals the reference decode split on whitespace.
+
+**Times** (model-spec §4.4, the reference's rule where it defines one):
+
+* A *segment* runs from the step after an ``EOP`` marker to the next marker. The first word
+  that starts in a segment starts at the segment's first step; a later one starts as many
+  steps after that as the segment's earlier words have tokens (``len(encode(word))``), as the
+  reference spreads several words of one segment, and never after its first piece.
+* A word **ends** at the start of the next word or at the next marker, whichever comes first,
+  if within ``max_end_frames`` (12.5 frames = 1 s, the reference's bound for the last word) of
+  its start, and otherwise ``max_end_frames`` after its start; never before its last piece.
+  A continuation that arrives after the word ended extends its end to cover the new piece.
 * Times are ``step / frame_rate - offset_seconds`` clamped at 0, where ``offset_seconds``
   removes the silence prefix and the model's text delay so that times are relative to the
   input audio.
@@ -30,7 +39,16 @@ from dataclasses import dataclass
 from dsm.checkpoint.config import END_OF_PADDING_ID, TEXT_PADDING_ID
 from dsm.stt.words import Word
 
-__all__ = ["END_OF_PADDING_ID", "PAD_ID", "PendingWord", "WordEnd", "WordStart", "WordStream"]
+__all__ = [
+    "END_OF_PADDING_ID",
+    "PAD_ID",
+    "WordContinued",
+    "WordEnd",
+    "WordEvent",
+    "WordStart",
+    "WordStream",
+    "words_from_tokens",
+]
 
 PAD_ID = TEXT_PADDING_ID  # text padding; ids <= PAD_ID are never part of the text
 DEFAULT_MAX_END_FRAMES = 12.5  # reference: the last word spans at most one second
@@ -38,11 +56,28 @@ DEFAULT_MAX_END_FRAMES = 12.5  # reference: the last word spans at most one seco
 
 @dataclass(frozen=True)
 class WordStart:
-    """A word whose pieces are complete; its end is not known yet."""
+    """A word whose pieces so far are complete; its end is not known yet."""
 
     index: int  # 0-based position of the word in the stream
     text: str
     start: float
+
+
+@dataclass(frozen=True)
+class WordContinued:
+    """Pieces without a word-start marker extended the already emitted word ``index``.
+
+    ``text`` is the word's whole text now; ``suffix`` is what to append to its previous text
+    (equal to ``text[len(previous):]``; the whole ``text`` in the rare case where the new text
+    does not extend the old one, e.g. a byte-fallback character completed); ``start`` is the
+    word's start, as first emitted; ``ended``: the word's :class:`WordEnd` was already emitted
+    (its end is now at least the step after the new piece)."""
+
+    index: int
+    text: str
+    suffix: str
+    start: float
+    ended: bool
 
 
 @dataclass(frozen=True)
@@ -53,14 +88,18 @@ class WordEnd:
     end: float
 
 
+WordEvent = WordStart | WordContinued | WordEnd
+
+
 @dataclass
-class PendingWord:
-    """A word emitted without an end yet."""
+class _Word:
+    """A word of the stream while it may still change."""
 
     index: int
     text: str
     start_step: float
     last_step: int
+    end_step: float | None = None  # set once its WordEnd is emitted
 
 
 class WordStream:
@@ -85,92 +124,140 @@ class WordStream:
         self.end_of_padding_id = end_of_padding_id
         self.max_end_frames = max_end_frames
         self.words: list[Word] = []
+        self._pending: list[tuple[int, int]] = []  # (step, piece) not decoded yet
+        # The pieces from the latest word-start piece on, and the words they decode to (the
+        # only words a new piece can change; earlier words are final).
+        self._tail: list[int] = []
+        self._tail_words: list[_Word] = []
+        self._open: list[_Word] = []  # emitted, no WordEnd yet
         self._segment_start: int | None = None  # first step of the current segment
-        self._next_word_step: float | None = None  # where the next word of the segment starts
-        self._pieces: list[int] = []
-        self._pieces_last_step = -1
-        self._open: list[PendingWord] = []
-        self._count = 0
+        self._segment_tokens = 0  # tokens of the segment's earlier words (the reference's spans)
+        self._part: list[int] = []  # the segment's pieces since its latest word start
 
     def time_of(self, step: float) -> float:
         """Seconds from the start of the input audio for a step (clamped at 0)."""
         return max(0.0, step / self.frame_rate - self.offset_seconds)
 
-    def push(self, step: int, token: int) -> list[WordStart | WordEnd]:
+    def push(self, step: int, token: int) -> list[WordEvent]:
         """Feed the token emitted at ``step``; returns the events it completes, in order."""
-        events: list[WordStart | WordEnd] = []
+        events: list[WordEvent] = []
         if token > self.padding_id:
             if self._segment_start is None:
                 # Pieces before any marker (the stream started mid-word): start a segment here.
-                self._segment_start = step
-                self._next_word_step = float(step)
-            self._pieces.append(token)
-            self._pieces_last_step = step
+                self._start_segment(step)
+            self._pending.append((step, token))
         else:
-            events += self._flush_pieces()
+            events += self._flush()
             if token == self.end_of_padding_id:
                 events += self._end_open(float(step))
-                self._segment_start = step + 1
-                self._next_word_step = float(step + 1)
+                self._start_segment(step + 1)
         events += self._expire(step)
         return events
 
-    def finish(self, step: int) -> list[WordStart | WordEnd]:
+    def finish(self, step: int) -> list[WordEvent]:
         """End of stream after ``step``: emit pending pieces and close every open word."""
-        events = self._flush_pieces()
+        events = self._flush()
         for word in list(self._open):
             end = min(word.start_step + self.max_end_frames, float(step + 1))
             events += self._close(word, end)
         return events
 
-    def _flush_pieces(self) -> list[WordStart | WordEnd]:
-        if not self._pieces:
+    def _start_segment(self, step: int) -> None:
+        self._segment_start = step
+        self._segment_tokens = 0
+        self._part = []
+
+    def _flush(self) -> list[WordEvent]:
+        """Decode the pending pieces: new words and continuations of the tail's words."""
+        if not self._pending:
             return []
-        assert self._next_word_step is not None
-        texts = self.decode(self._pieces).split()
-        pieces_last = self._pieces_last_step
-        self._pieces = []
-        events: list[WordStart | WordEnd] = []
-        start = self._next_word_step
-        for i, text in enumerate(texts):
-            # An earlier word of this segment ends where this one starts.
-            events += self._end_open(start)
-            span = len(self.encode(text)) if i < len(texts) - 1 else 0
-            last = int(start) + span - 1 if span else pieces_last
-            word = PendingWord(self._count, text, start, last)
-            self._count += 1
-            self._open.append(word)
-            events.append(WordStart(word.index, text, self.time_of(start)))
-            start += span
-        self._next_word_step = float(pieces_last + 1)
+        before = [(w, w.text, w.end_step is not None) for w in self._tail_words]
+        ordered: list[WordEvent | _Word] = []  # a _Word stands for its WordStart
+        for step, piece in self._pending:
+            ordered += self._add_piece(step, piece)
+        self._pending = []
+        events: list[WordEvent] = []
+        for word, previous, ended in before:
+            if word.text != previous:
+                suffix = word.text[len(previous) :] if word.text.startswith(previous) else word.text
+                start = self.time_of(word.start_step)
+                events.append(WordContinued(word.index, word.text, suffix, start, ended))
+        for item in ordered:
+            if isinstance(item, _Word):
+                events.append(WordStart(item.index, item.text, self.time_of(item.start_step)))
+            else:
+                events.append(item)
         return events
 
-    def _end_open(self, end_step: float) -> list[WordStart | WordEnd]:
-        events: list[WordStart | WordEnd] = []
+    def _add_piece(self, step: int, piece: int) -> list[WordEvent | _Word]:
+        old = [w.text for w in self._tail_words]
+        texts = self.decode([*self._tail, piece]).split()
+        if not old or (len(texts) > len(old) and texts[: len(old)] == old):
+            # The piece begins a word: the tail's words are final, the piece is the new tail,
+            # and the segment's words so far count their tokens (the reference's spans).
+            done = self.decode(self._part).split()
+            self._segment_tokens += sum(len(self.encode(text)) for text in done)
+            self._part = []
+            self._tail = [piece]
+            self._tail_words = []
+            texts = self.decode([piece]).split()
+        else:
+            self._tail.append(piece)
+        self._part.append(piece)
+        out: list[WordEvent | _Word] = []
+        for i, text in enumerate(texts):
+            if i < len(self._tail_words):
+                word = self._tail_words[i]
+                if word.text != text:
+                    word.text = text
+                    word.last_step = step
+                    self._store(word)
+                continue
+            assert self._segment_start is not None
+            if self._tail_words:
+                # More than one word from one piece: each after the tokens of the one before.
+                before = self._tail_words[-1]
+                start = before.start_step + len(self.encode(before.text))
+            else:
+                start = float(self._segment_start + self._segment_tokens)
+            start = min(start, float(step))  # never after the word's first piece
+            out += self._end_open(start)
+            word = _Word(len(self.words), text, start, step)
+            self.words.append(Word(text, self.time_of(start), self.time_of(start)))
+            self._tail_words.append(word)
+            self._open.append(word)
+            out.append(word)
+        return out
+
+    def _end_open(self, end_step: float) -> list[WordEvent]:
+        events: list[WordEvent] = []
         for word in list(self._open):
             end = min(end_step, word.start_step + self.max_end_frames)
             events += self._close(word, end)
         return events
 
-    def _expire(self, step: int) -> list[WordStart | WordEnd]:
-        events: list[WordStart | WordEnd] = []
+    def _expire(self, step: int) -> list[WordEvent]:
+        events: list[WordEvent] = []
         for word in list(self._open):
             if step + 1 >= word.start_step + self.max_end_frames:
                 events += self._close(word, word.start_step + self.max_end_frames)
         return events
 
-    def _close(self, word: PendingWord, end_step: float) -> list[WordStart | WordEnd]:
-        end_step = max(end_step, float(word.last_step + 1))
+    def _close(self, word: _Word, end_step: float) -> list[WordEvent]:
+        word.end_step = end_step
         self._open.remove(word)
-        start = self.time_of(word.start_step)
-        end = max(start, self.time_of(end_step))
-        self._store(word.index, Word(word.text, start, end))
-        return [WordEnd(word.index, end)]
+        self._store(word)
+        return [WordEnd(word.index, self.words[word.index].end)]
 
-    def _store(self, index: int, word: Word) -> None:
-        while len(self.words) <= index:
-            self.words.append(Word("", 0.0, 0.0))
-        self.words[index] = word
+    def _store(self, word: _Word) -> None:
+        """Write the word into :attr:`words`; a closed word ends no earlier than the step
+        after its last piece (so a late continuation extends its end)."""
+        start = self.time_of(word.start_step)
+        if word.end_step is None:
+            self.words[word.index] = Word(word.text, start, start)
+            return
+        word.end_step = max(word.end_step, float(word.last_step + 1))
+        self.words[word.index] = Word(word.text, start, max(start, self.time_of(word.end_step)))
 
 
 def words_from_tokens(
