@@ -144,3 +144,60 @@ def test_end_of_turn_events(stt: dsm.SpeechToText) -> None:
     assert offline.end_of_turns == [t.time for t in turns]
     with pytest.raises(ValueError, match="head 7"):
         stt.transcribe(pcm, sample_rate=24000, vad=VadOptions(head=7))
+
+
+def _continuations(tokens: list[int], tokenizer: object) -> int:
+    """Pieces without a word-start marker right after padding or a marker, with pieces before
+    them: the pieces that continue an already emitted word."""
+    piece = tokenizer.id_to_piece  # type: ignore[attr-defined]
+    count, seen = 0, False
+    for before, token in zip([3, *tokens], tokens, strict=False):
+        if token > 3:
+            if seen and before <= 3 and not piece(token).startswith("▁"):
+                count += 1
+            seen = True
+    return count
+
+
+@pytest.fixture(scope="module")
+def ref_stt_26b(tmp_path_factory: pytest.TempPathFactory) -> ReferenceStt:
+    """An stt-2.6b-like checkpoint: a silence prefix and a longer delay (model-spec §4.2)."""
+    from tests.helpers.reference_stt import make_reference_stt_dir, stt_config
+
+    config = stt_config(context=12, delay=1.0, prefix=1.0)
+    return make_reference_stt_dir(tmp_path_factory.mktemp("stt26"), config, seed=0)
+
+
+@pytest.mark.parametrize("like", ["1b", "2.6b"])
+def test_words_continued_after_padding_equal_reference(
+    like: str,
+    stt: dsm.SpeechToText,
+    ref_stt: ReferenceStt,
+    ref_stt_26b: ReferenceStt,
+    cpu_matmul: CpuMatmul,
+) -> None:
+    """Inputs on which the model emits pieces without a word-start marker after padding: the
+    words and text (single, batched, live) are the reference's decode split on whitespace."""
+    ref = ref_stt if like == "1b" else ref_stt_26b
+    model = stt if like == "1b" else dsm.load_stt(ref.directory, device="cpu")
+    cpu_matmul(model.lm, model.codec.model)
+    inputs = [_audio(3.0, seed=s) for s in range(3)]
+    refs = [reference_transcribe(ref, x) for x in inputs]
+    continued = sum(_continuations(tokens, ref.tokenizer) for _, tokens in refs)
+    assert continued > 0, "no continuation piece: the test checks nothing"
+    batched = model.transcribe_many(inputs, batch_size=2, sample_rate=24000, progress=False)
+    for (ref_text, _), x, result in zip(refs, inputs, batched, strict=True):
+        single = model.transcribe(x, sample_rate=24000)
+        assert single.text == ref_text
+        assert [w.text for w in single.words] == ref_text.split()
+        assert isinstance(result, dsm.Transcript) and result.to_dict() == single.to_dict()
+        with model.stream() as session:
+            events = session.push(x) + session.flush()
+        live: list[str] = []
+        for event in events:
+            if isinstance(event, dsm.stt.word_stream.WordStart):
+                live.append(event.text)
+            elif isinstance(event, dsm.stt.word_stream.WordContinued):
+                live[event.index] += event.suffix
+        assert live == ref_text.split()
+    print(f"stt-{like}-like: {continued} continuation pieces, texts equal the reference")
