@@ -113,8 +113,16 @@ def run_stt(args: argparse.Namespace) -> int:
     if args.rtf <= 0:
         raise DsmError("--rtf must be positive")
 
+    shown: list[Word] = []
+
     def show(word: Word) -> None:
-        print(word.text, end=" ", flush=True)
+        # A continued word comes again with the same start and a longer text: print the rest.
+        last = shown[-1] if shown else None
+        if last is not None and last.start == word.start and word.text.startswith(last.text):
+            print(word.text[len(last.text) :], end="", flush=True)
+        else:
+            print(("" if last is None else " ") + word.text, end="", flush=True)
+        shown.append(word)
 
     if args.mic:
         chunks: Any = _mic_chunks()

@@ -183,11 +183,20 @@ def _duration(probe: Any, path: str) -> float | None:
     return float(seconds) if seconds is not None else None
 
 
+def _print_live(event: object) -> None:
+    """A live word as it comes: a space before each new word, none before a continuation."""
+    from dsm.stt.word_stream import WordContinued, WordStart
+
+    if isinstance(event, WordStart):
+        print(("" if event.index == 0 else " ") + event.text, end="", flush=True)
+    elif isinstance(event, WordContinued):
+        print(event.suffix, end="", flush=True)
+
+
 def _run_mic(args: argparse.Namespace) -> int:
     from dsm.audio.mic import microphone
     from dsm.stt.session import EndOfTurn
     from dsm.stt.vad import VadOptions
-    from dsm.stt.word_stream import WordStart
 
     vad = VadOptions(args.vad_head, args.vad_threshold, args.vad_smoothing) if args.vad else None
     stt = load_from_args(args)
@@ -196,13 +205,11 @@ def _run_mic(args: argparse.Namespace) -> int:
         try:
             for chunk in mic:
                 for event in session.push(chunk):
-                    if isinstance(event, WordStart):
-                        print(event.text, end=" ", flush=True)
-                    elif isinstance(event, EndOfTurn):
-                        print("[end of turn]", flush=True)
+                    _print_live(event)
+                    if isinstance(event, EndOfTurn):
+                        print(" [end of turn]", flush=True)
         except KeyboardInterrupt:
             for event in session.flush():
-                if isinstance(event, WordStart):
-                    print(event.text, end=" ", flush=True)
+                _print_live(event)
             print()
     return 0

@@ -1,6 +1,6 @@
 """What a channel receives from its module: the stream's own events plus a few of the engine's.
 
-STT channels get :class:`~dsm.stt.word_stream.WordStart` / :class:`~dsm.stt.word_stream.WordEnd`
+STT channels get :class:`~dsm.stt.word_stream.WordStart` / :class:`~dsm.stt.word_stream.WordContinued` / :class:`~dsm.stt.word_stream.WordEnd`
 (from :class:`~dsm.stt.stream.SttStream`), :class:`FrameDone`, :class:`MarkerDone` and, last,
 :class:`StreamDone`. TTS channels get :class:`~dsm.stt.words.Word` and
 :class:`~dsm.tts.stream.AudioChunk` (from :class:`~dsm.tts.stream.TtsStream`). Any channel may
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dsm.stt.word_stream import WordEnd, WordStart
+from dsm.stt.word_stream import WordContinued, WordEnd, WordStart
 from dsm.stt.words import Word
 from dsm.tts.stream import AudioChunk
 
@@ -39,10 +39,12 @@ class MarkerDone:
 
 @dataclass(frozen=True)
 class StreamDone:
-    """The end of an STT stream: its whole text and the client's audio duration in seconds."""
+    """The end of an STT stream: its whole text, the client's audio duration in seconds and
+    the stream's final words (times as assembled, before fitting to the duration)."""
 
     text: str
     duration: float
+    words: tuple[Word, ...] = ()
 
 
 # Whose failure ended a channel: the client's (bad input, idle), the server's (a model or
@@ -59,5 +61,13 @@ class ChannelError:
 
 
 ChannelEvent = (
-    WordStart | WordEnd | FrameDone | MarkerDone | StreamDone | Word | AudioChunk | ChannelError
+    WordStart
+    | WordContinued
+    | WordEnd
+    | FrameDone
+    | MarkerDone
+    | StreamDone
+    | Word
+    | AudioChunk
+    | ChannelError
 )

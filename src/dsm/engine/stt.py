@@ -9,7 +9,8 @@ not advance. The loop is not paced to real time.
 
 Events per consumed frame, in order (:mod:`dsm.engine.events`; the server sends them as the
 messages of server-protocol.md §2.3): ``FrameDone`` (``Step``, checkpoints with VAD heads), then
-``WordStart``/``WordEnd`` (``Word``/``EndWord``), then due ``MarkerDone`` (``Marker``), and
+``WordStart``/``WordContinued``/``WordEnd`` (``Word``, ``Word`` with ``continues``,
+``EndWord``), then due ``MarkerDone`` (``Marker``), and
 ``StreamDone`` at the end.
 
 Differences from upstream, on purpose:
@@ -44,7 +45,7 @@ from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.model import SpeechToText
 from dsm.stt.stream import SttEvent, SttStream
-from dsm.stt.word_stream import WordEnd, WordStart
+from dsm.stt.word_stream import WordContinued, WordEnd, WordStart
 
 __all__ = ["SttChannel", "SttModule"]
 
@@ -224,7 +225,8 @@ class SttChannel(Channel):
         if self._final_done and not fed:
             events += _words(self.stream.finish())
             events += self._due_markers(step)
-            events.append(StreamDone(self.stream.text, self.received / SAMPLE_RATE))
+            words = tuple(self.stream.words.words)
+            events.append(StreamDone(self.stream.text, self.received / SAMPLE_RATE, words))
             self.done = True
             return events
         events += self._due_markers(step)
@@ -232,7 +234,7 @@ class SttChannel(Channel):
 
 
 def _words(events: list[SttEvent]) -> list[ChannelEvent]:
-    return [e for e in events if isinstance(e, (WordStart, WordEnd))]
+    return [e for e in events if isinstance(e, (WordStart, WordContinued, WordEnd))]
 
 
 class SttModule(ModelModule[SttChannel]):

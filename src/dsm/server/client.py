@@ -135,6 +135,8 @@ async def stt_session(
 
     ``rtf`` paces the audio (1.0 = real time, None = as fast as possible). With ``flush``, a
     marker and silence follow the audio and the session ends when the marker comes back.
+    ``on_word(word)`` is called with each new word, and again with the same start and the
+    longer text when a ``Word`` with ``continues`` extends it (docs/server.md).
     """
     headers = {"kyutai-api-key": api_key} if api_key else {}
     own = session is None
@@ -232,6 +234,15 @@ async def _stt_receive(
             if result.steps < len(sent_at):
                 result.step_latencies.append(now - sent_at[result.steps])
             result.steps += 1
+        elif kind == "Word" and message.get("continues"):
+            # A piece that extends the word before (docs/server.md): the word, not a new one.
+            if open_word is None and result.words:
+                last = result.words.pop()
+                open_word = (last.text, last.start)
+            if open_word is not None:
+                open_word = (open_word[0] + message["text"], open_word[1])
+                if on_word is not None:
+                    on_word(Word(open_word[0], open_word[1], open_word[1]))
         elif kind == "Word":
             if open_word is not None:
                 result.words.append(Word(open_word[0], open_word[1], open_word[1]))

@@ -3,7 +3,9 @@
 Transcriptions take a multipart ``file`` (any format the decoder reads, any sample rate) and
 ``response_format`` ``json`` (default), ``text``, ``srt``, ``vtt`` or ``verbose_json`` (with
 ``timestamp_granularities[]=word`` for word times). ``stream=true`` answers with server-sent
-events: ``transcript.text.delta`` per word as the model emits it, then ``transcript.text.done``.
+events: ``transcript.text.delta`` per word as the model emits it (a space before each word but
+the first; a piece that continues the word before comes as its own delta without a space, so
+the deltas concatenate to the final text), then ``transcript.text.done``.
 Requests share the STT slots with the WebSocket sessions: a request waits up to
 ``queue_timeout_s`` for a free slot, then gets 503; a client that disconnects frees its slot
 within :data:`DISCONNECT_POLL_S`. Uploads are limited to ``max_upload_bytes`` and
@@ -70,26 +72,14 @@ class TranscriptionResult:
         self.text = ""
         self.words: list[Word] = []
         self.duration = 0.0
-        self._open: tuple[str, float] | None = None
 
     def on_message(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "Word":
-            self._close(None)
-            self._open = (message["text"], message["start_time"])
-        elif kind == "EndWord":
-            self._close(message["stop_time"])
-        elif kind == "_Done":
-            self._close(None)
+        """Take the stream's final message (``_Done``: text, duration, words); the live
+        ``Word``/``EndWord`` messages before it carry nothing the result needs."""
+        if message["type"] == "_Done":
             self.text = message["text"]
             self.duration = message["duration"]
-            self.words = fit_words(self.words, self.duration)
-
-    def _close(self, end: float | None) -> None:
-        if self._open is not None:
-            text, start = self._open
-            self.words.append(Word(text, start, start if end is None else end))
-            self._open = None
+            self.words = fit_words(list(message["words"]), self.duration)
 
 
 async def _claim(server: DsmServer, timeout: float) -> SttChannel:
@@ -298,9 +288,16 @@ async def _stream(
     async def send(event: dict[str, Any]) -> None:
         await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
 
+    sent = False
+
     async def on_message(message: dict[str, Any]) -> None:
-        if message["type"] == "Word":
-            await send({"type": "transcript.text.delta", "delta": message["text"] + " "})
+        # Deltas concatenate to the final text: a space before each word but the first, none
+        # before a continuation (a piece that extends the word before).
+        nonlocal sent
+        if message["type"] == "Word" and message["text"]:
+            space = " " if sent and not message.get("continues") else ""
+            await send({"type": "transcript.text.delta", "delta": space + message["text"]})
+            sent = True
 
     result = await transcribe_on_server(server, audio, on_message, request)
     await send({"type": "transcript.text.done", "text": result.text})

@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 
 from dsm.engine.events import ChannelEvent, FrameDone, MarkerDone, StreamDone
-from dsm.stt.word_stream import WordEnd, WordStart
+from dsm.stt.word_stream import WordContinued, WordEnd, WordStart
 from dsm.stt.words import Word
 from dsm.tts.stream import AudioChunk
 
@@ -238,6 +238,11 @@ def message_of(event: ChannelEvent) -> dict[str, Any]:
     """The protocol message of an engine event (``_Done`` ends an STT stream and is not sent)."""
     if isinstance(event, WordStart):
         return {"type": "Word", "text": event.text, "start_time": float(event.start)}
+    if isinstance(event, WordContinued):
+        # Kyutai's clients ignore the extra field and read a word of its own (upstream's server
+        # sends such a piece so); dsm's clients append it to the word before (docs/server.md).
+        return {"type": "Word", "text": event.suffix, "start_time": float(event.start),
+                "continues": True}  # fmt: skip
     if isinstance(event, WordEnd):
         return {"type": "EndWord", "stop_time": float(event.end)}
     if isinstance(event, FrameDone):
@@ -246,7 +251,8 @@ def message_of(event: ChannelEvent) -> dict[str, Any]:
     if isinstance(event, MarkerDone):
         return {"type": "Marker", "id": event.id}
     if isinstance(event, StreamDone):
-        return {"type": "_Done", "text": event.text, "duration": event.duration}
+        return {"type": "_Done", "text": event.text, "duration": event.duration,
+                "words": event.words}  # fmt: skip
     if isinstance(event, Word):
         return {"type": "Text", "text": event.text, "start_s": float(event.start),
                 "stop_s": float(event.end)}  # fmt: skip

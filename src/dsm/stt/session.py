@@ -4,7 +4,11 @@ Events, in the order the model produces them:
 
 * :class:`~dsm.stt.word_stream.WordStart` ``(index, text, start)``: a word, as soon as its
   pieces are complete;
-* :class:`~dsm.stt.word_stream.WordEnd` ``(index, end)``: that word's end time;
+* :class:`~dsm.stt.word_stream.WordContinued` ``(index, text, suffix, start, ended)``: a
+  later piece without a word-start marker extended word ``index`` (``suffix`` is the text
+  added); the finished transcript's words are the reference's decode split on whitespace;
+* :class:`~dsm.stt.word_stream.WordEnd` ``(index, end)``: that word's end time (again, with
+  the new end, after a ``WordContinued`` of a word that had already ended);
 * :class:`PauseUpdate` ``(time, probabilities)``: with VAD, every 80 ms;
 * :class:`EndOfTurn` ``(time)``: with VAD, once per turn.
 

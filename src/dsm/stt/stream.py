@@ -12,7 +12,9 @@ live sessions (:class:`~dsm.stt.session.SttSession`) and the server
 * the transcript text is the words joined by spaces (:func:`~dsm.stt.words.join_words`).
 
 Events, in the order the model produces them: :class:`~dsm.stt.word_stream.WordStart`,
-:class:`~dsm.stt.word_stream.WordEnd`, :class:`PauseUpdate`, :class:`EndOfTurn`. Times are
+:class:`~dsm.stt.word_stream.WordContinued` (a later piece without a word-start marker extended
+an emitted word), :class:`~dsm.stt.word_stream.WordEnd`, :class:`PauseUpdate`,
+:class:`EndOfTurn`. Times are
 seconds of the stream's input audio (silence prefix, prompt and model delay removed).
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from dsm.mimi import FRAME_RATE
 from dsm.stt.framing import FeedPlan
 from dsm.stt.vad import EndOfTurnDetector, VadOptions
-from dsm.stt.word_stream import WordEnd, WordStart, WordStream
+from dsm.stt.word_stream import WordContinued, WordEnd, WordStart, WordStream
 from dsm.stt.words import join_words
 from dsm.tokenizer import TextTokenizer
 
@@ -47,7 +49,7 @@ class EndOfTurn:
     time: float
 
 
-SttEvent = WordStart | WordEnd | PauseUpdate | EndOfTurn
+SttEvent = WordStart | WordContinued | WordEnd | PauseUpdate | EndOfTurn
 
 
 class SttStream:

@@ -70,8 +70,9 @@ class WordContinued:
     ``text`` is the word's whole text now; ``suffix`` is what to append to its previous text
     (equal to ``text[len(previous):]``; the whole ``text`` in the rare case where the new text
     does not extend the old one, e.g. a byte-fallback character completed); ``start`` is the
-    word's start, as first emitted; ``ended``: the word's :class:`WordEnd` was already emitted
-    (its end is now at least the step after the new piece)."""
+    word's start, as first emitted; ``ended``: the word's :class:`WordEnd` was already emitted,
+    and a second :class:`WordEnd` with its new end (at least the step after the new piece)
+    follows this event."""
 
     index: int
     text: str
@@ -182,6 +183,8 @@ class WordStream:
                 suffix = word.text[len(previous) :] if word.text.startswith(previous) else word.text
                 start = self.time_of(word.start_step)
                 events.append(WordContinued(word.index, word.text, suffix, start, ended))
+                if ended:  # its end moved past the new piece: the new end, as a WordEnd again
+                    events.append(WordEnd(word.index, self.words[word.index].end))
         for item in ordered:
             if isinstance(item, _Word):
                 events.append(WordStart(item.index, item.text, self.time_of(item.start_step)))

@@ -29,16 +29,24 @@ export function initStt(ctx) {
   const state = (text) => { $("stt-state").textContent = text; };
 
   function addWord(text, start) {
-    const w = { text, start, end: null, turnEnd: false };
-    words.push(w);
     const span = document.createElement("span");
+    const label = document.createTextNode(text);
+    const w = { text, start, end: null, turnEnd: false, label };
+    words.push(w);
     span.className = "word";
-    span.append(text);
+    span.append(label);
     const t = document.createElement("small");
     t.textContent = `${start.toFixed(2)} s`;
     span.append(t);
     $("transcript").append(span);
     armed = true;
+  }
+
+  // A Word with `continues` is a piece without a word-start marker: it extends the last word.
+  function continueWord(text) {
+    const w = words[words.length - 1];
+    w.text += text;
+    w.label.textContent = w.text;
   }
 
   function markTurnEnd() {
@@ -52,7 +60,8 @@ export function initStt(ctx) {
 
   function onMessage(msg) {
     if (!session || !session.open) return; // after the flush marker: the rest is the padding's
-    if (msg.type === "Word") addWord(msg.text, msg.start_time);
+    if (msg.type === "Word" && msg.continues && words.length) continueWord(msg.text);
+    else if (msg.type === "Word") addWord(msg.text, msg.start_time);
     else if (msg.type === "EndWord" && words.length) words[words.length - 1].end = msg.stop_time;
     else if (msg.type === "Step" && cfg.vad && msg.prs && msg.prs.length > vadHead) {
       const p = msg.prs[vadHead];
