@@ -74,8 +74,12 @@ def test_render_formats() -> None:
         {"type": "EndWord", "stop_time": 1.2},  # past the next word's start
         {"type": "Word", "text": "world.", "start_time": 1.0},
         {"type": "EndWord", "stop_time": 2.5},  # past the input's end
-        {"type": "_Done", "text": "Hello world.", "duration": 2.0,
-         "words": (Word("Hello", 0.5, 1.2), Word("world.", 1.0, 2.5))},  # fmt: skip
+        {
+            "type": "_Done",
+            "text": "Hello world.",
+            "duration": 2.0,
+            "words": (Word("Hello", 0.5, 1.2), Word("world.", 1.0, 2.5)),
+        },
     ):
         result.on_message(message)
     # Fitted as dsm transcribe fits them: an end is at most the next start and the duration.

@@ -120,3 +120,70 @@ def test_wire_types_match_upstream(stt: dsm.SpeechToText) -> None:
     words = [r for r in raw if msgpack.unpackb(r)["type"] in ("Word", "EndWord")]
     for w in words:
         assert b"\xcb" in w  # float64 times
+
+
+def test_continued_words_on_the_wire_and_final_words(stt: dsm.SpeechToText) -> None:
+    """A piece without a word-start marker after padding comes as a ``Word`` with
+    ``continues`` (Unmute still accepts it); joined, the wire words equal ``dsm transcribe``'s,
+    and so do the OpenAI endpoint's final words and its streamed deltas."""
+    speech = audio(3.0, seed=1)  # the tiny model continues words on this input
+    offline = stt.transcribe(speech, sample_rate=24000)
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes((np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes())
+
+    async def body() -> tuple[list[dict], dict, str]:
+        async with serving(stt) as srv, aiohttp.ClientSession() as http:
+            url = f"{srv.ws_url}/api/asr-streaming"
+            async with http.ws_connect(url, headers=HEADERS) as ws:
+                assert await receive(ws) == {"type": "Ready"}
+                silence = np.zeros(24000 * 2, dtype=np.float32)
+                for i in range(0, speech.shape[0], FRAME_SIZE):
+                    await ws.send_bytes(
+                        pack({"type": "Audio", "pcm": speech[i : i + FRAME_SIZE].tolist()})
+                    )
+                await ws.send_bytes(pack({"type": "Marker", "id": 1}))
+                for i in range(0, silence.shape[0], FRAME_SIZE):
+                    await ws.send_bytes(
+                        pack({"type": "Audio", "pcm": silence[i : i + FRAME_SIZE].tolist()})
+                    )
+                messages = await receive_until(ws, lambda m: m["type"] == "Marker")
+            form = aiohttp.FormData()
+            form.add_field("file", buffer.getvalue(), filename="x.wav")
+            form.add_field("response_format", "verbose_json")
+            form.add_field("timestamp_granularities[]", "word")
+            http_url = f"{srv.http_url}/v1/audio/transcriptions"
+            async with http.post(http_url, data=form, headers=HEADERS) as response:
+                verbose = await response.json()
+            form = aiohttp.FormData()
+            form.add_field("file", buffer.getvalue(), filename="x.wav")
+            form.add_field("stream", "true")
+            async with http.post(http_url, data=form, headers=HEADERS) as response:
+                sse = await response.text()
+            return messages, verbose, sse
+
+    messages, verbose, sse = run(body, timeout=120)
+    assert all(unmute_accepts(m) for m in messages)
+    continued = [m for m in messages if m["type"] == "Word" and m.get("continues")]
+    assert continued, "no continued word: the test checks nothing"
+    joined: list[str] = []
+    for m in messages:
+        if m["type"] == "Word":
+            if m.get("continues"):
+                joined[-1] += m["text"]
+            else:
+                joined.append(m["text"])
+    expected = [w.text for w in offline.words]
+    assert joined[: len(expected)] == expected  # the flush's silence may add none or more
+    assert [w["word"] for w in verbose["words"]] == expected
+    assert verbose["text"] == offline.text
+    import json
+
+    events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
+    assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"] == offline.text

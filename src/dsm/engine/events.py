@@ -1,7 +1,8 @@
 """What a channel receives from its module: the stream's own events plus a few of the engine's.
 
-STT channels get :class:`~dsm.stt.word_stream.WordStart` / :class:`~dsm.stt.word_stream.WordContinued` / :class:`~dsm.stt.word_stream.WordEnd`
-(from :class:`~dsm.stt.stream.SttStream`), :class:`FrameDone`, :class:`MarkerDone` and, last,
+STT channels get :class:`~dsm.stt.word_stream.WordStart`,
+:class:`~dsm.stt.word_stream.WordContinued` and :class:`~dsm.stt.word_stream.WordEnd` (from
+:class:`~dsm.stt.stream.SttStream`), :class:`FrameDone`, :class:`MarkerDone` and, last,
 :class:`StreamDone`. TTS channels get :class:`~dsm.stt.words.Word` and
 :class:`~dsm.tts.stream.AudioChunk` (from :class:`~dsm.tts.stream.TtsStream`). Any channel may
 get a :class:`ChannelError`, after which its stream ends. :mod:`dsm.server` turns these into
