@@ -186,7 +186,7 @@ def test_idle_connection_loses_its_slot(stt: dsm.SpeechToText) -> None:
                     pinger.cancel()
                     await asyncio.gather(pinger, return_exceptions=True)
                 # Unmute's way: no Error message after Ready, the reason in the close frame.
-                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1000
                 assert msg.extra == "no audio received for 0.4 s: closing the connection"
                 assert loop.time() - opened >= 0.4
             await _wait_slots(http, srv.http_url, 0)

@@ -134,7 +134,7 @@ def test_idle_timeout_closes_with_the_reason_and_no_error(shared: SharedTts) -> 
         return closed, told
 
     closed, told = run(body, timeout=60)
-    assert closed[0] == 1008 and "no text received for 0.3 s" in closed[1]
+    assert closed[0] == 1000 and "no text received for 0.3 s" in closed[1]
     assert told[0]["type"] == "Error" and told[0]["message"] == closed[1]
     assert told[1] == closed
 
@@ -158,3 +158,38 @@ def test_malformed_voice_messages_are_refused(message: dict[str, Any], fragment:
         _parse(msgpack.packb(message))
     kind, array = _parse(_voice_message(torch.arange(6.0).view(1, 2, 3)))
     assert kind == "voice" and array.shape == (1, 2, 3) and array[0, 1, 2] == 5.0
+
+
+def test_idle_stt_close_ends_a_websockets_loop_cleanly(stt_dir: Any) -> None:
+    """Unmute's STT loop (``async for message in websocket``, the ``websockets`` client) ends
+    without an exception only on a normal closure: the idle close must be 1000 with a reason;
+    an invalid message still raises (1008)."""
+    websockets = pytest.importorskip("websockets", reason="the websockets client Unmute uses")
+    import dsm
+    from tests.server.conftest import serving
+
+    stt = dsm.load_stt(stt_dir, device="cpu")
+
+    async def session(srv: Any, bad: bool) -> tuple[list[dict[str, Any]], Any]:
+        url = f"{srv.ws_url}/api/asr-streaming"
+        async with websockets.connect(url, additional_headers=HEADERS) as ws:
+            received: list[dict[str, Any]] = []
+            await ws.send(msgpack.packb({"type": "Audio", "pcm": [0.0] * 1920}))
+            if bad:
+                await ws.send(msgpack.packb({"type": "Audio", "pcm": "not samples"}))
+            try:
+                async for message in ws:  # Unmute's _stt_loop
+                    received.append(msgpack.unpackb(message))
+            except websockets.exceptions.ConnectionClosedError as exc:
+                return received, exc
+            return received, (ws.close_code, ws.close_reason)
+
+    async def body() -> tuple[Any, Any]:
+        async with serving(stt, idle_timeout_s=0.3) as srv:
+            return await session(srv, False), await session(srv, True)
+
+    (idle_messages, idle_close), (_, bad_close) = run(body, timeout=60)
+    assert idle_messages[0] == {"type": "Ready"}
+    assert idle_close == (1000, "no audio received for 0.3 s: closing the connection")
+    assert isinstance(bad_close, websockets.exceptions.ConnectionClosedError)
+    assert bad_close.rcvd is not None and bad_close.rcvd.code == 1008

@@ -48,9 +48,10 @@ class StreamDone:
     words: tuple[Word, ...] = ()
 
 
-# Whose failure ended a channel: the client's (bad input, idle), the server's (a model or
+# Why a channel ended early: the client's fault (bad input, not reading), the client went idle
+# (no input for the idle timeout: a normal end for the client), the server's fault (a model or
 # encoder failure) or a shutdown. The server picks the WebSocket close code from it.
-FailureCause = Literal["client", "server", "shutdown"]
+FailureCause = Literal["client", "idle", "server", "shutdown"]
 
 
 @dataclass(frozen=True)

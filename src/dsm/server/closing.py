@@ -9,7 +9,9 @@ whose code and reason say why, and sends no ``Error`` after ``Ready`` unless the
 =============  ======  =======================================================================
 cause          code    examples
 =============  ======  =======================================================================
-``client``     1008    invalid message, idle timeout, unknown voice, a client that doesn't read
+``client``     1008    invalid message, unknown voice, a client that doesn't read
+``idle``       1000    no input for ``idle_timeout_s`` (a normal closure: the ``websockets``
+                       client Unmute uses ends its loop cleanly only on 1000/1001)
 ``server``     1011    model failure, encoder failure
 ``shutdown``   1001    the server is stopping
 =============  ======  =======================================================================
@@ -31,6 +33,7 @@ __all__ = ["CLOSE_CODES", "close_reason", "end_session"]
 
 CLOSE_CODES: dict[FailureCause, int] = {
     "client": WSCloseCode.POLICY_VIOLATION,
+    "idle": WSCloseCode.OK,
     "server": WSCloseCode.INTERNAL_ERROR,
     "shutdown": WSCloseCode.GOING_AWAY,
 }

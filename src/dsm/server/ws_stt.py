@@ -88,7 +88,7 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
     def expire() -> None:
         # The sender then closes the socket, which ends the ``ws.receive()`` below.
         server.metrics.inc("dsm_timeouts")
-        channel.fail(f"no audio received for {idle:g} s: closing the connection", "client")
+        channel.fail(f"no audio received for {idle:g} s: closing the connection", "idle")
 
     deadline = IdleDeadline(idle, expire)
     parser = SttInput()  # keeps the connection's Ogg Opus decoder

@@ -259,7 +259,7 @@ async def _receive_loop(
     def expire() -> None:
         # The sender then closes the socket, which ends the ``ws.receive()`` below.
         server.metrics.inc("dsm_timeouts")
-        channel.fail(f"no text received for {idle:g} s: closing the connection", "client")
+        channel.fail(f"no text received for {idle:g} s: closing the connection", "idle")
 
     deadline = IdleDeadline(idle, expire)
     try:
