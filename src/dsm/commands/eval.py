@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from dsm.commands.model_args import add_model_arguments
+from dsm.commands.model_args import add_model_arguments, load_stt_from_args
 from dsm.commands.ray_args import LOCAL
-from dsm.commands.transcribe import load_from_args
 from dsm.errors import DsmError
 from dsm.extras import require
 
@@ -48,14 +47,14 @@ def _factory(args: argparse.Namespace) -> Any:
     from dsm.stt.transcript import TranscriptionFailure
 
     if getattr(args, "ray", None) is not None:
-        from dsm.commands.ray_args import model_options
+        from dsm.commands.model_args import model_options
         from dsm.commands.ray_eval import ray_transcriber
 
         if args.actors is not None and args.actors < 1:
             raise DsmError("--actors must be at least 1")
         address = None if args.ray == LOCAL else args.ray
         return ray_transcriber(model_options(args), address, args.actors)
-    stt = load_from_args(args)
+    stt = load_stt_from_args(args)
 
     def transcribe_batch(batch: list[np.ndarray]) -> list[str]:
         results = stt.transcribe_many(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dsm.errors import CheckpointError
@@ -13,7 +14,13 @@ from dsm.errors import CheckpointError
 # the tests so that --help stays fast).
 QUANT_CHOICES = ("int8", "int4")
 
-__all__ = ["QUANT_CHOICES", "add_model_arguments", "load_model"]
+__all__ = [
+    "QUANT_CHOICES",
+    "add_model_arguments",
+    "load_model",
+    "load_stt_from_args",
+    "model_options",
+]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -88,3 +95,26 @@ def load_model(
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{str(exc).rstrip('.')}. With a local copy, run: {usage}") from None
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options of ``args`` (those of :func:`add_model_arguments`), local paths made
+    absolute so that Ray workers, whatever their folder, find them."""
+    probe = argparse.ArgumentParser()
+    add_model_arguments(probe, "")
+    out: dict[str, Any] = {}
+    for action in probe._actions:
+        if action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if isinstance(value, str) and action.dest != "device" and Path(value).exists():
+            value = str(Path(value).resolve())
+        out[action.dest] = value
+    return out
+
+
+def load_stt_from_args(args: argparse.Namespace) -> Any:
+    """``load_stt`` with the model options; a missing checkpoint says how to use a local one."""
+    from dsm.stt.model import load_stt
+
+    return load_model(load_stt, args, "dsm transcribe --model DIR FILE...")

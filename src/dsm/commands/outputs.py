@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["NAMING_RULE", "InOrder", "output_names"]
+__all__ = ["FORMATS", "NAMING_RULE", "InOrder", "output_names", "render"]
+
+FORMATS = ("txt", "json", "srt", "vtt")  # transcript output formats
 
 T = TypeVar("T")
 
@@ -45,3 +48,14 @@ class InOrder(Generic[T]):
         while self._next in self._waiting:
             self.emit(self._next, self._waiting.pop(self._next))
             self._next += 1
+
+
+def render(result: Any, fmt: str, vad: bool) -> str:
+    """A transcript as the text of an output file in format ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "txt":
+        return result.text + "\n"
+    if fmt == "json":
+        return json.dumps(result.to_dict(vad=vad), ensure_ascii=False, indent=2) + "\n"
+    from dsm.stt import subtitles
+
+    return subtitles.to_srt(result.words) if fmt == "srt" else subtitles.to_vtt(result.words)

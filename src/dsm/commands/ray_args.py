@@ -11,9 +11,8 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from dsm.commands.model_args import add_model_arguments
+from dsm.commands.model_args import model_options
 from dsm.errors import DsmError
 
 __all__ = ["LOCAL", "add_ray_arguments", "model_options", "ray_address", "run_ray"]
@@ -59,22 +58,6 @@ def ray_address(args: argparse.Namespace) -> str | None:
         return str(value)
     args.files.insert(0, value)
     return None
-
-
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The model options of ``args`` (those of :func:`add_model_arguments`), local paths made
-    absolute so that Ray workers, whatever their folder, find them."""
-    probe = argparse.ArgumentParser()
-    add_model_arguments(probe, "")
-    out: dict[str, Any] = {}
-    for action in probe._actions:
-        if action.dest == "help":
-            continue
-        value = getattr(args, action.dest, action.default)
-        if isinstance(value, str) and action.dest != "device" and Path(value).exists():
-            value = str(Path(value).resolve())
-        out[action.dest] = value
-    return out
 
 
 def run_ray(args: argparse.Namespace, formats: Sequence[str]) -> int:

@@ -29,13 +29,12 @@ class EvalWorker:
     def __init__(self, model: dict[str, Any], threads: int | None) -> None:
         import torch
 
-        from dsm.commands.ray_args import model_options
-        from dsm.commands.transcribe import load_from_args
+        from dsm.commands.model_args import load_stt_from_args, model_options
 
         if threads is not None:
             torch.set_num_threads(max(1, threads))
         options = {**model_options(argparse.Namespace()), **model}
-        self.stt = load_from_args(argparse.Namespace(**options))
+        self.stt = load_stt_from_args(argparse.Namespace(**options))
 
     def texts(self, batch: list[np.ndarray]) -> list[str]:
         from dsm.stt.transcript import TranscriptionFailure

@@ -88,15 +88,14 @@ class Transcriber:
     ) -> None:  # fmt: skip
         import torch
 
-        from dsm.commands.ray_args import model_options
-        from dsm.commands.transcribe import load_from_args
+        from dsm.commands.model_args import load_stt_from_args, model_options
 
         if threads is not None:
             torch.set_num_threads(max(1, threads))
         began = time.monotonic()
         # Options not given take their command-line defaults.
         options = {**model_options(argparse.Namespace()), **model}
-        self.stt = load_from_args(argparse.Namespace(**options))
+        self.stt = load_stt_from_args(argparse.Namespace(**options))
         self.load_seconds = time.monotonic() - began
         self.formats = list(formats)
         self.batch_size = batch_size
@@ -104,7 +103,7 @@ class Transcriber:
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        from dsm.commands.transcribe import render
+        from dsm.commands.outputs import render
         from dsm.stt.transcript import TranscriptionFailure
         from dsm.stt.vad import VadOptions
 

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsm.commands.model_args import add_model_arguments, load_model
-from dsm.commands.outputs import NAMING_RULE, InOrder, output_names
+from dsm.commands.model_args import add_model_arguments, load_stt_from_args
+from dsm.commands.outputs import FORMATS, NAMING_RULE, InOrder, output_names, render
 from dsm.commands.ray_args import add_ray_arguments, run_ray
 from dsm.errors import DsmError
 
-__all__ = ["FORMATS", "add_parser", "load_from_args", "render", "run"]
+__all__ = ["add_parser", "run"]
 
-FORMATS = ("txt", "json", "srt", "vtt")
 ALL = "all"  # every format at once (needs -o)
 
 
@@ -73,24 +72,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def load_from_args(args: argparse.Namespace) -> Any:
-    """``load_stt`` with the model options; a missing checkpoint says how to use a local one."""
-    from dsm.stt.model import load_stt
-
-    return load_model(load_stt, args, "dsm transcribe --model DIR FILE...")
-
-
-def render(result: Any, fmt: str, vad: bool) -> str:
-    """A transcript as the text of an output file in format ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt == "txt":
-        return result.text + "\n"
-    if fmt == "json":
-        return json.dumps(result.to_dict(vad=vad), ensure_ascii=False, indent=2) + "\n"
-    from dsm.stt import subtitles
-
-    return subtitles.to_srt(result.words) if fmt == "srt" else subtitles.to_vtt(result.words)
-
-
 def run(args: argparse.Namespace) -> int:
     """Transcribe; exit status 1 if any input failed (the others are still written)."""
     from dsm.audio import audio_duration
@@ -119,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     formats = FORMATS if args.format == ALL else (args.format,)
     names = output_names(args.files)
     vad = VadOptions(args.vad_head, args.vad_threshold, args.vad_smoothing) if args.vad else None
-    stt = load_from_args(args)
+    stt = load_stt_from_args(args)
     failures = 0
     show = not args.quiet and sys.stderr.isatty()
     durations = [_duration(audio_duration, f) if show else None for f in args.files]
@@ -199,7 +180,7 @@ def _run_mic(args: argparse.Namespace) -> int:
     from dsm.stt.vad import VadOptions
 
     vad = VadOptions(args.vad_head, args.vad_threshold, args.vad_smoothing) if args.vad else None
-    stt = load_from_args(args)
+    stt = load_stt_from_args(args)
     print("listening (Ctrl-C to stop)...", file=sys.stderr)
     with stt.stream(vad=vad, prompt_text=args.prompt_text) as session, microphone() as mic:
         try:

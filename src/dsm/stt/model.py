@@ -26,6 +26,7 @@ from dsm.stt.engine import SttEngine
 from dsm.stt.framing import plan_feed
 from dsm.stt.jobs import TranscriptionJob
 from dsm.stt.prefetch import DEFAULT_CHUNK, CodeQueue
+from dsm.stt.session import SttSession
 from dsm.stt.transcript import Transcript, TranscriptionFailure
 from dsm.stt.vad import VAD_CHECKPOINT, VadOptions
 from dsm.stt.words import Word
@@ -438,12 +439,15 @@ class SpeechToText:
         sample_rate: int | None = None,
         vad: bool | VadOptions | None = None,
         prompt_text: str | None = None,
-    ) -> Any:
+    ) -> SttSession:
         """Open a live :class:`~dsm.stt.session.SttSession` (push pcm, receive events)."""
-        from dsm.stt.session import SttSession
-
         return SttSession(
-            self,
+            self.codec,
+            self.lm,
+            self.tokenizer,
+            plan_feed(self.prefix_seconds, self.delay_seconds),
+            padding_id=self.padding_id,
+            vad_heads=self.vad_heads,
             sample_rate=sample_rate or self.sample_rate,
             vad=self._check_vad(vad),
             prompt_tokens=self.tokenizer.encode(prompt_text) if prompt_text else [],

@@ -18,48 +18,55 @@ silence as fast as the model runs, so the last words arrive without waiting in r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
-from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
+from dsm.mimi import FRAME_SIZE, SAMPLE_RATE, MimiCodec
+from dsm.models.lm import LMModel
 from dsm.stt.engine import SttEngine
-from dsm.stt.framing import plan_feed
+from dsm.stt.framing import FeedPlan
 from dsm.stt.stream import EndOfTurn, PauseUpdate, SttEvent, SttStream
 from dsm.stt.vad import VadOptions
-
-if TYPE_CHECKING:
-    from dsm.stt.model import SpeechToText
+from dsm.tokenizer import TextTokenizer
 
 __all__ = ["EndOfTurn", "PauseUpdate", "SttEvent", "SttSession"]
 
 
 class SttSession:
-    """One live stream on its own engine slot (see the module docstring)."""
+    """One live stream on its own engine slot (see the module docstring).
+
+    Opened by :meth:`dsm.stt.model.SpeechToText.stream`, which hands it the model's parts:
+    the codec, the language model, the tokenizer, the feed plan of the checkpoint (silence
+    prefix, delay), the text padding id and the number of VAD heads.
+    """
 
     def __init__(
         self,
-        stt: SpeechToText,
+        codec: MimiCodec,
+        lm: LMModel,
+        tokenizer: TextTokenizer,
+        plan: FeedPlan,
         *,
+        padding_id: int,
+        vad_heads: int = 0,
         sample_rate: int = SAMPLE_RATE,
         vad: VadOptions | None = None,
         prompt_tokens: list[int] | None = None,
     ) -> None:
         from dsm.audio import StreamResampler
 
-        self.stt = stt
+        self.codec = codec
         self.sample_rate = sample_rate
         self.resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
-        self.plan = plan_feed(stt.prefix_seconds, stt.delay_seconds)
+        self.plan = plan
         prompt_tokens = prompt_tokens or []
-        self.engine = SttEngine(stt.codec, stt.lm, 1, max_prompt_tokens=len(prompt_tokens))
+        self.engine = SttEngine(codec, lm, 1, max_prompt_tokens=len(prompt_tokens))
         self.engine.start()
         self.engine.start_slot([0], [prompt_tokens] if prompt_tokens else None)
         self.vad = vad
         self.stream = SttStream(
-            stt.tokenizer, self.plan, padding_id=stt.padding_id, vad=vad,
-            vad_heads=stt.vad_heads if vad is not None else 0,
+            tokenizer, self.plan, padding_id=padding_id, vad=vad,
+            vad_heads=vad_heads if vad is not None else 0,
         )  # fmt: skip
         self._buffer = np.zeros(0, dtype=np.float32)
         self._pcm = torch.zeros(1, FRAME_SIZE, dtype=torch.float32)
@@ -123,7 +130,7 @@ class SttSession:
         feed = torch.tensor([frame is not None])
         if frame is not None:
             self._pcm[0] = torch.from_numpy(np.ascontiguousarray(frame))
-        out = self.engine.step(self._pcm.to(self.stt.codec.device), torch.tensor([True]), feed)
+        out = self.engine.step(self._pcm.to(self.codec.device), torch.tensor([True]), feed)
         forced = bool(out.forced[0]) if out.forced is not None else False
         # Pause updates are reported with VAD on.
         pause = out.pause[0].tolist() if out.pause is not None and self.vad is not None else None

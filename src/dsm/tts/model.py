@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -48,6 +48,8 @@ from dsm.tokenizer import TextTokenizer
 from dsm.tts.engine import TtsEngine
 from dsm.tts.entries import Entry, EntryMaker, TextError, script_to_entries
 from dsm.tts.prefix import load_voice_prefix
+from dsm.tts.session import TtsSession
+from dsm.tts.slot_model import Voice
 from dsm.tts.state_machine import StateMachine
 from dsm.tts.voices import (
     DEFAULT_VOICE,
@@ -59,18 +61,12 @@ from dsm.tts.voices import (
     voice_suffix,
 )
 
-if TYPE_CHECKING:
-    from dsm.tts.session import TtsSession
-
 __all__ = ["DEFAULT_TTS", "Speech", "TextToSpeech", "Voice", "load_tts", "write_wav"]
 
 DEFAULT_TTS = "kyutai/tts-1.6b-en_fr"
 SPEAKER_CONDITION = "speaker_wavs"  # tensor conditioner of the voice embeddings (cross-attended)
 CFG_CONDITION = "cfg"  # LUT of CFG-distilled checkpoints: the guidance strength as "2.0"
 CONTROL_CONDITION = "control"  # LUT always set to "ok" by the reference
-# A name in the voice repo or a file: an embedding (.safetensors) or, for checkpoints conditioned
-# on an audio prefix, a recording. Tensors: a [1, dim, T] embedding, or [n_q, P] prefix codes.
-Voice = str | Path | torch.Tensor
 EMBEDDING_EXT = ".safetensors"
 
 
@@ -640,7 +636,6 @@ class TextToSpeech:
         seed: int | None = None,
     ) -> TtsSession:
         """A live session: push text as it arrives, get 80 ms audio chunks and words."""
-        from dsm.tts.session import TtsSession
 
         return TtsSession(self, voice=voice, cfg=cfg, temperature=temperature, seed=seed)
 

@@ -18,12 +18,9 @@ lazy form of :meth:`TtsSession.push` (events are yielded as each step produces t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+from dsm.tts.slot_model import TtsSlotModel, Voice
 from dsm.tts.stream import AudioChunk, TtsEvent, TtsStream
-
-if TYPE_CHECKING:
-    from dsm.tts.model import TextToSpeech, Voice
 
 __all__ = ["AudioChunk", "TtsEvent", "TtsSession"]
 
@@ -33,7 +30,7 @@ class TtsSession:
 
     def __init__(
         self,
-        tts: TextToSpeech,
+        tts: TtsSlotModel,
         *,
         voice: Voice | None = None,
         cfg: float = 2.0,

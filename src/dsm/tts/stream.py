@@ -18,10 +18,10 @@ import numpy as np
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
 from dsm.stt.words import Word
 from dsm.tts.entries import Entry, TextEntries
+from dsm.tts.slot_model import TtsSlotModel, Voice
 
 if TYPE_CHECKING:
     from dsm.tts.engine import SlotOutput, TtsEngine
-    from dsm.tts.model import TextToSpeech, Voice
 
 __all__ = ["AudioChunk", "TtsEvent", "TtsStream"]
 
@@ -44,7 +44,7 @@ class TtsStream:
     one); :meth:`start` then claims ``slot`` of an engine.
     """
 
-    def __init__(self, tts: TextToSpeech, *, voice: Voice | None = None, cfg: float = 2.0) -> None:
+    def __init__(self, tts: TtsSlotModel, *, voice: Voice | None = None, cfg: float = 2.0) -> None:
         self.tts = tts
         self.conditions = tts.slot_conditions(voice, cfg)
         self.prefix = tts.slot_prefix([voice])
