@@ -189,7 +189,12 @@ def test_live_transcription_equals_transcribe(
     complete = sum(w.end <= cut for w in expected.words)
     print(f"page sent {speech.size / SAMPLE_RATE:.2f} s of speech; {len(shown)} words shown")
     print(f"shown: {shown}\ntranscribe: {words}")
-    assert [tuple(w) for w in shown] == words[: len(shown)]
+    # The last word shown may still lack a continuation piece the model emits after the page
+    # closed (a piece without a word-start marker extends the latest word): a prefix, same start.
+    shown_t = [tuple(w) for w in shown]
+    assert shown_t[:-1] == words[: len(shown) - 1]
+    last, want_last = shown_t[-1], words[len(shown) - 1]
+    assert last[1] == want_last[1] and want_last[0].startswith(last[0]), (last, want_last)
     assert len(shown) >= complete >= 1
     # End-of-turn marks: where the server's pause probabilities cross dsm's VAD threshold after
     # a word (the messages the page read, up to the flush marker's return).

@@ -21,7 +21,8 @@ at least :data:`MIN_WEIGHT_ELEMENTS` elements or with both dimensions at least
 Packed weights (CPU, float32 and bfloat16): oneDNN runs fastest against a weight in its own
 blocked layout. ``F.linear`` in bfloat16 reorders the plain weight into that layout on every call
 (which caps a streaming step at about 17 GB/s of weights on one core), and the float32 oneDNN
-product on a plain weight reads it more slowly than a blocked one. A module with ``pack`` on
+product on a plain weight reads it more slowly than a blocked one (bfloat16 packing needs AVX-512 or
+AVX-NE-CONVERT: :func:`bf16_packing_available`; elsewhere bfloat16 stays on ``F.linear``). A module with ``pack`` on
 reorders its weight once, on its first call without gradients, and then keeps **only** the packed
 copy: the parameter's storage is released (its shape, dtype and device stay readable). One row:
 bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal the unpacked product's
@@ -39,6 +40,7 @@ eighth of the memory of the machine, or of its container's cgroup limit) availab
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -63,6 +65,7 @@ __all__ = [
     "CpuKernels",
     "Linear",
     "StackedLinear",
+    "bf16_packing_available",
     "block_starts_of",
     "blockwise",
     "cpu_kernels_from_env",
@@ -99,6 +102,19 @@ def _onednn_available() -> bool:
 
 
 ONEDNN_AVAILABLE = _onednn_available()
+
+
+@functools.cache
+def bf16_packing_available() -> bool:
+    """Whether oneDNN can pack bfloat16 weights on this CPU (it needs AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT; on AVX2-only CPUs bfloat16 projections stay on ``F.linear``). Probed once."""
+    if not ONEDNN_AVAILABLE:
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 16)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _check_mode(mode: str, what: str) -> str:
@@ -279,7 +295,11 @@ class Linear(nn.Linear):
             return False
         if weight.dtype == torch.float32:
             return self._use_onednn(x, weight)
-        return weight.dtype == torch.bfloat16 and weight.is_contiguous()
+        return (
+            weight.dtype == torch.bfloat16
+            and weight.is_contiguous()
+            and bf16_packing_available()
+        )
 
     # -- packing ------------------------------------------------------------------------------
 
