@@ -18,18 +18,18 @@ at least :data:`MIN_WEIGHT_ELEMENTS` elements or with both dimensions at least
 :data:`MIN_SQUARE_DIM`: the language models' layers), ``onednn`` (always) or ``mkl`` (always
 ``F.linear``: bit-identical to the reference, and no packing).
 
-Packed weights (CPU, float32 and bfloat16): oneDNN runs fastest against a weight in its own
-blocked layout. ``F.linear`` in bfloat16 reorders the plain weight into that layout on every call
-(which caps a streaming step at about 17 GB/s of weights on one core), and the float32 oneDNN
-product on a plain weight reads it more slowly than a blocked one (bfloat16 packing needs AVX-512 or
-AVX-NE-CONVERT: :func:`bf16_packing_available`; elsewhere bfloat16 stays on ``F.linear``). A module with ``pack`` on
-reorders its weight once, on its first call without gradients, and then keeps **only** the packed
-copy: the parameter's storage is released (its shape, dtype and device stay readable). One row:
-bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal the unpacked product's
-up to float32 summation order. Reading ``module.weight``, ``state_dict()``, ``load_state_dict``,
-``.to()`` and any call that needs gradients first restore the plain weight (exactly: the packing
-is a reordering), so checkpoints and training see ordinary parameters; the next inference call
-packs again.
+Packed weights (CPU, float32 and bfloat16): oneDNN runs fastest against a weight in its own blocked
+layout. ``F.linear`` in bfloat16 reorders the plain weight into that layout on every call (which
+caps a streaming step at about 17 GB/s of weights on one core), and the float32 oneDNN product on a
+plain weight reads it more slowly than a blocked one (bfloat16 packing needs AVX-512 or AVX-NE-
+CONVERT, see :func:`bf16_packing_available`; elsewhere bfloat16 stays on ``F.linear``). A module
+with ``pack`` on reorders its weight once, on its first call without gradients, and then keeps
+**only** the packed copy: the parameter's storage is released (its shape, dtype and device stay
+readable). One row: bfloat16 2.4x faster, float32 about 1.25x (1.4x at 4 rows); results equal the
+unpacked product's up to float32 summation order. Reading ``module.weight``, ``state_dict()``,
+``load_state_dict``, ``.to()`` and any call that needs gradients first restore the plain weight
+(exactly: the packing is a reordering), so checkpoints and training see ordinary parameters; the
+next inference call packs again.
 
 :func:`set_cpu_kernels` sets the kernel and packing of every projection of a model; the loaders
 call it with the defaults of ``DSM_CPU_MATMUL`` (``auto``/``onednn``/``mkl``) and ``DSM_CPU_PACK``
@@ -296,9 +296,7 @@ class Linear(nn.Linear):
         if weight.dtype == torch.float32:
             return self._use_onednn(x, weight)
         return (
-            weight.dtype == torch.bfloat16
-            and weight.is_contiguous()
-            and bf16_packing_available()
+            weight.dtype == torch.bfloat16 and weight.is_contiguous() and bf16_packing_available()
         )
 
     # -- packing ------------------------------------------------------------------------------
