@@ -82,6 +82,32 @@ def test_only_adapter_parameters_change(prefixed_stt: ReferenceStt, run: Path) -
     assert json.loads((run / "adapter.json").read_text())["rank"] == RANK
 
 
+def test_every_lora_pair_receives_a_gradient(prefixed_stt: ReferenceStt, run: Path) -> None:
+    """Every projection the loss reaches is adapted (the text head among them), and after
+    training both matrices of every pair have moved: ``B`` away from zero, ``A`` away from its
+    seeded initialisation (rebuilt here as ``dsm finetune`` draws it). Only the extra (VAD)
+    heads, which no loss reaches, keep zero entries in the file."""
+    fresh = dsm.load_lm(prefixed_stt.directory)
+    torch.manual_seed(0)  # dsm finetune's --seed default, before add_lora
+    names = add_lora(fresh, LoraSettings(RANK, SCALING))
+    assert "text_linear" in names and any(n.startswith("transformer.layers.") for n in names)
+    linears = [n for n, m in fresh.named_modules() if isinstance(m, LoRALinear)]
+    assert set(linears) == set(names)
+    adapter = load_file(str(run / "adapter.safetensors"))
+    still_a, still_b = [], []
+    for name in names:
+        module = fresh.get_submodule(name)
+        assert isinstance(module, LoRALinear)
+        if torch.equal(adapter[f"{name}.lora_A.weight"], module.lora_A.weight.detach()):
+            still_a.append(name)
+        if not adapter[f"{name}.lora_B.weight"].abs().max() > 0:
+            still_b.append(name)
+    print(f"{len(names)} adapted projections; A unmoved: {still_a}, B still zero: {still_b}")
+    assert not still_a and not still_b
+    zero = {k.rsplit(".lora_", 1)[0] for k, v in adapter.items() if not v.abs().max() > 0}
+    assert zero and all(k.startswith("extra_heads.") for k in zero), zero
+
+
 def test_unmerged_loaded_and_merged_logits_agree(prefixed_stt: ReferenceStt, run: Path) -> None:
     base = dsm.load_lm(prefixed_stt.directory)
     tokens = _tokens(base)

@@ -47,6 +47,21 @@ def test_loss_falls(run: Path) -> None:
     assert len(losses) >= 6 and last < 0.9 * first
 
 
+def test_every_adapter_pair_learns(run: Path) -> None:
+    """The TTS LM's adapters cover the depformer and both output heads, and the loss reached
+    every pair: no ``lora_B`` of an adapted projection is still zero after training (zero
+    entries are written only for the extra heads and the embeddings' low-rank projections,
+    which stay frozen)."""
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(run / "adapter.safetensors"))
+    names = {k.rsplit(".lora_", 1)[0] for k in adapter}
+    assert "text_linear" in names and any(n.startswith("depformer") for n in names)
+    zero = sorted(k for k, v in adapter.items() if k.endswith("lora_B.weight") and not v.any())
+    print(f"{len(names)} adapter pairs; lora_B still zero: {zero}")
+    assert all(k.startswith("extra_heads.") or "_emb." in k for k in zero), zero
+
+
 def _logits(tts: Any, codes: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = tts.lm(codes, training_conditions(tts, voice, codes.shape[0]))

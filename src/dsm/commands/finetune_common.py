@@ -39,10 +39,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--lora-rank", type=int, default=DEFAULT_RANK,
-        help=f"LoRA on the transformer's projections with this rank (default {DEFAULT_RANK})",
+        help=f"LoRA on every projection of the LM with this rank (default {DEFAULT_RANK})",
     )  # fmt: skip
     mode.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
     p.add_argument("--lora-scaling", type=float, default=DEFAULT_SCALING, help="LoRA scaling")
+    p.add_argument(
+        "--lora-b-lr-ratio", type=float, default=16.0,
+        help="LoRA+: the B matrices' learning rate over --lr (default 16; 1 for plain LoRA)",
+    )  # fmt: skip
     p.add_argument("--merge", action="store_true", help="LoRA: also write merged/, a checkpoint")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     p.add_argument(
@@ -149,6 +153,7 @@ def train_config(args: argparse.Namespace, lm: Any, out: Path, world_size: int) 
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         warmup_steps=args.warmup_steps,
+        lora_b_lr_ratio=args.lora_b_lr_ratio,
         precision=args.precision or ("bf16" if on_cuda else "fp32"),
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_RANK",
     "DEFAULT_SCALING",
     "TARGETS",
+    "TRANSFORMER_TARGETS",
     "LoraSettings",
     "apply_adapter",
     "lora_targets",
@@ -40,7 +41,17 @@ ADAPTER_CONFIG = "adapter.json"
 ADAPTER_FORMAT = "dsm-lora"
 DEFAULT_RANK = 64  # moshi-finetune's default (the reference's loader defaults to 128)
 DEFAULT_SCALING = 2.0  # moshi-finetune's and the reference's
-TARGETS = (
+# Every projection of the LM that the training loss reaches, as moshi-finetune
+# (``replace_all_linear_with_lora``) adapts: the transformer's and depformer's layers and the
+# output heads (``text_linear``, the depformer's ``linears``). The output head must be among
+# them: with a frozen head the loss is capped by how well the head's existing rows separate the
+# targets (see :mod:`dsm.train.lora`). The extra (VAD) heads get no loss, so no adapter (their
+# file entries are zero, an exact no-op); embeddings stay frozen (moshi-finetune's ``ft_embed``
+# off).
+TARGETS = r"(?!extra_heads\.).+"
+# dsm's first default: the main transformer's layers only. Adapters written with it
+# record it in their adapter.json and load as before.
+TRANSFORMER_TARGETS = (
     r"transformer\.layers\.\d+\.(self_attn\.(in_proj|out_proj)|gating\.linear_(in|out)|linear[12])"
 )
 

@@ -7,7 +7,7 @@ Layout (one concept a file):
 * :mod:`dsm.train.manifest`: the jsonl manifests (dsm's and moshi-finetune's layouts);
 * :mod:`dsm.train.codes_cache`: Mimi codes computed once and cached on disk;
 * :mod:`dsm.train.stt_target`: the STT training target (delayed text, word markers, padding);
-* :mod:`dsm.train.lora`: LoRA adapters on the transformer's projections, saved and merged;
+* :mod:`dsm.train.lora`: LoRA adapters on the LM's projections, saved and merged;
 * :mod:`dsm.train.export`: a merged model written as a checkpoint directory in Kyutai's layout.
 
 Nothing here is imported by inference code; ``dsm.commands.finetune`` drives it.
