@@ -536,6 +536,9 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     start = 0
     if config.resume:
         start = _load_state(state_dir, model, optimizer)
+        # The saved groups carry the ratio they were made with; this run's options win.
+        for group, fresh in zip(optimizer.param_groups, param_groups(model, config), strict=True):
+            group["lr_scale"] = fresh["lr_scale"]
     trained: nn.Module = model
     if world_size > 1 and not config.fsdp:
         from torch.nn.parallel import DistributedDataParallel
