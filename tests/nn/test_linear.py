@@ -138,9 +138,9 @@ PACK_DTYPES = [
 ]
 
 
-def _packing_module(w: torch.Tensor, **kwargs: object) -> Linear:
+def _packing_module(w: torch.Tensor, blocks: tuple[int, ...] | None = None) -> Linear:
     matmul = "onednn" if w.dtype == torch.float32 else "auto"
-    return _module(w, matmul=matmul, pack=True, **kwargs)  # type: ignore[arg-type]
+    return _module(w, matmul=matmul, pack=True, blocks=blocks)
 
 
 def _plain(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

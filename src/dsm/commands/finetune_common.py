@@ -31,7 +31,7 @@ __all__ = [
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options every ``dsm finetune`` task shares (data, LoRA or full, schedule, output)."""
-    from dsm.models.lora_loading import DEFAULT_RANK, DEFAULT_SCALING
+    from dsm.models.lora_loading import DEFAULT_B_LR_RATIO, DEFAULT_RANK, DEFAULT_SCALING
 
     p.add_argument("--train", required=True, help="training manifest (.jsonl)")
     p.add_argument("--val", default=None, help="validation manifest: WER every --eval-every steps")
@@ -44,8 +44,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
     p.add_argument("--lora-scaling", type=float, default=DEFAULT_SCALING, help="LoRA scaling")
     p.add_argument(
-        "--lora-b-lr-ratio", type=float, default=16.0,
-        help="LoRA+: the B matrices' learning rate over --lr (default 16; 1 for plain LoRA)",
+        "--lora-b-lr-ratio", type=float, default=DEFAULT_B_LR_RATIO,
+        help=f"LoRA+: the B matrices' learning rate over --lr (default {DEFAULT_B_LR_RATIO:g}; "
+        "1 for plain LoRA)",
     )  # fmt: skip
     p.add_argument("--merge", action="store_true", help="LoRA: also write merged/, a checkpoint")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")

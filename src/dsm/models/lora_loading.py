@@ -26,10 +26,10 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FORMAT",
     "ADAPTER_WEIGHTS",
+    "DEFAULT_B_LR_RATIO",
     "DEFAULT_RANK",
     "DEFAULT_SCALING",
     "TARGETS",
-    "TRANSFORMER_TARGETS",
     "LoraSettings",
     "apply_adapter",
     "lora_targets",
@@ -48,12 +48,12 @@ DEFAULT_SCALING = 2.0  # moshi-finetune's and the reference's
 # targets (see :mod:`dsm.train.lora`). The extra (VAD) heads get no loss, so no adapter (their
 # file entries are zero, an exact no-op); embeddings stay frozen (moshi-finetune's ``ft_embed``
 # off).
+# (Adapters written with dsm's first default, the main transformer's layers only, record that
+# pattern in their adapter.json and load as before.)
 TARGETS = r"(?!extra_heads\.).+"
-# dsm's first default: the main transformer's layers only. Adapters written with it
-# record it in their adapter.json and load as before.
-TRANSFORMER_TARGETS = (
-    r"transformer\.layers\.\d+\.(self_attn\.(in_proj|out_proj)|gating\.linear_(in|out)|linear[12])"
-)
+# LoRA+ (Hayou et al., 2024): the ``lora_B`` matrices train at this multiple of the learning
+# rate (see :func:`dsm.train.loop.param_groups`).
+DEFAULT_B_LR_RATIO = 16.0
 
 
 @dataclass(frozen=True)

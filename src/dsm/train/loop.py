@@ -39,6 +39,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dsm.models.lora_loading import DEFAULT_B_LR_RATIO
+
 __all__ = [
     "LossSum",
     "TrainConfig",
@@ -115,9 +117,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per process and step
     warmup_steps: int | None = None  # default: 5% of the steps
     weight_decay: float = 0.1
-    # LoRA+ (Hayou et al., 2024): the ``lora_B`` matrices learn this many times faster than the
-    # rest (see :func:`param_groups`); 1.0 for plain LoRA. No effect on full fine-tuning.
-    lora_b_lr_ratio: float = 16.0
+    # LoRA+: the ``lora_B`` matrices' rate over ``lr`` (see :func:`param_groups`); 1.0 for plain
+    # LoRA. No effect on full fine-tuning.
+    lora_b_lr_ratio: float = DEFAULT_B_LR_RATIO
     max_grad_norm: float = 1.0
     precision: str = "fp32"
     gradient_checkpointing: bool = False

@@ -13,7 +13,7 @@ How fast: ``B`` starts at zero, so an adapter learns more slowly than full fine-
 same rate. The loop gives the ``B`` matrices 16 times the schedule's rate (LoRA+, Hayou et al.
 2024; ``--lora-b-lr-ratio``, see :func:`dsm.train.loop.param_groups`): on a tiny random STT
 model, 300 steps on two utterances at the defaults (rank 64, lr 2e-4) give a summed loss
-curve 0.85-1.05 times full fine-tuning's at lr 1e-3 (the plain rule: 3.3-3.9 times).
+curve 0.85-1.05 times full fine-tuning's at lr 1e-3 (one rate for both: 3.3 times).
 
 How: :class:`dsm.nn.lora.LoRALinear` is swapped in for those modules
 (:func:`dsm.nn.replace_linears`' interface), so the teacher-forced forward, streaming inference
