@@ -27,6 +27,10 @@ OPTIONAL_MODULES: dict[str, str] = {
     "datasets": "eval",
     "ray": "ray",
     "pyarrow": "ray",
+    "wyoming": "wyoming",
+    "zeroconf": "wyoming",
+    "pipecat": "pipecat",
+    "livekit": "livekit",
 }
 
 

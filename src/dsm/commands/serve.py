@@ -61,6 +61,15 @@ def add_parser(subparsers: Any) -> None:
         "--no-ui", action="store_true", default=False,
         help="don't serve the browser playground at / (live transcription, TTS)",
     )  # fmt: skip
+    parser.add_argument(
+        "--wyoming-uri", default=None, metavar="URI",
+        help="also serve Home Assistant's Wyoming protocol here, on the same slots: "
+        "tcp://0.0.0.0:10300 or unix:///path (needs pip install 'dsm[wyoming]')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wyoming-zeroconf", default=None, metavar="NAME",
+        help="announce the Wyoming endpoint over mDNS under NAME (Home Assistant discovers it)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(func=run)
 
@@ -83,6 +92,10 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
         config.authorized_ids = list(args.api_key)
     if getattr(args, "no_ui", False):
         config.ui = False
+    if getattr(args, "wyoming_uri", None) is not None:
+        config.wyoming.uri = args.wyoming_uri
+    if getattr(args, "wyoming_zeroconf", None) is not None:
+        config.wyoming.zeroconf = args.wyoming_zeroconf
     if args.stt_model is not None:
         config.stt.model = args.stt_model
     if args.tts_model is not None:
@@ -145,6 +158,8 @@ async def _serve(config: Any, stt: Any, tts: Any) -> None:
     log.info("listening on %s (%s)", running.http_url, "open" if config.open else "API keys")
     if config.ui:
         log.info("browser playground at %s/ (--no-ui turns it off)", running.http_url)
+    if running.wyoming is not None:
+        log.info("Wyoming (Home Assistant) endpoint at %s", running.wyoming.uri)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,6 +182,13 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(load_server_config(args.config), args)
     if config.stt.model is None and config.tts.model is None:
         raise DsmError("nothing to serve: give --stt-model and/or --tts-model, or a --config")
+    if config.wyoming.uri:
+        from dsm.server.wyoming import parse_uri
+
+        parse_uri(config.wyoming.uri)  # a bad URI fails before the models load
+        require("the Wyoming endpoint (--wyoming-uri)", "wyoming")
+        if config.wyoming.zeroconf:
+            require("the Wyoming zeroconf announcement", "zeroconf")
     stt = _load_stt(config) if config.stt.model else None
     tts = _load_tts(config) if config.tts.model else None
     asyncio.run(_serve(config, stt, tts))

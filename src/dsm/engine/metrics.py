@@ -35,6 +35,7 @@ _COUNTERS = {
     "dsm_slow_clients": "connections dropped because they did not read their results",
     "dsm_unknown_voices": "TTS sessions that asked for an unknown voice and got the default one",
     "dsm_http_transcriptions": "POST /v1/audio/transcriptions requests served",
+    "dsm_wyoming_connections": "Wyoming protocol connections",
 }
 
 

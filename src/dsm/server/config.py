@@ -22,6 +22,10 @@ File layout (every key optional; see ``configs/*.toml``)::
     path = "/api/tts_streaming"
     batch_size = 8
 
+    [wyoming]
+    uri = "tcp://0.0.0.0:10300"         # Home Assistant's Wyoming protocol, same slots
+    zeroconf = "dsm"                    # announce on the LAN under this name (needs zeroconf)
+
 A module is served when its table names a ``model``. Unknown keys are rejected with a message
 that lists the known ones, so a typo never silently falls back to a default.
 """
@@ -46,6 +50,7 @@ __all__ = [
     "ServerConfig",
     "SttModuleConfig",
     "TtsModuleConfig",
+    "WyomingConfig",
     "load_server_config",
 ]
 
@@ -121,6 +126,33 @@ class TtsModuleConfig:
 
 
 @dataclass
+class WyomingConfig:
+    """The Wyoming endpoint (Home Assistant's voice protocol), served beside the HTTP API and
+    sharing its STT and TTS slots (:mod:`dsm.server.wyoming`)."""
+
+    uri: str | None = None  # tcp://HOST:PORT or unix:///path; None: no Wyoming endpoint
+    # Announce the endpoint over mDNS (Home Assistant discovers it) under this service name;
+    # "" or None: no announcement. Needs the zeroconf package (pip install 'dsm[wyoming]').
+    zeroconf: str | None = None
+    # Languages listed for the models in ``info``; empty: read from the checkpoint's name
+    # (``-en_fr``: en and fr), English when it says none.
+    languages: list[str] = field(default_factory=list)
+    # Bounds on one event from a client: its JSON header line, its data section, its payload.
+    max_header_bytes: int = 16 * 1024
+    max_data_bytes: int = 256 * 1024
+    max_payload_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.languages, list) or not all(
+            isinstance(x, str) and x for x in self.languages
+        ):
+            raise ConfigError('[wyoming] languages must be a list of codes, e.g. ["en", "fr"]')
+        for name in ("max_header_bytes", "max_data_bytes", "max_payload_bytes"):
+            if getattr(self, name) < 1024:
+                raise ConfigError(f"[wyoming] {name} must be at least 1024")
+
+
+@dataclass
 class ServerConfig:
     """The whole server: bind address, API keys and the modules it serves."""
 
@@ -142,6 +174,7 @@ class ServerConfig:
     ui: bool = True
     stt: SttModuleConfig = field(default_factory=SttModuleConfig)
     tts: TtsModuleConfig = field(default_factory=TtsModuleConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
 
     @property
     def open(self) -> bool:
@@ -180,8 +213,9 @@ def load_server_config(path: str | Path | None = None) -> ServerConfig:
         raise ConfigError(f"server config {path} is not valid TOML: {exc}") from exc
     stt = _fill(SttModuleConfig, data.pop("stt", {}), "[stt]")
     tts = _fill(TtsModuleConfig, data.pop("tts", {}), "[tts]")
+    wyoming = _fill(WyomingConfig, data.pop("wyoming", {}), "[wyoming]")
     config = _fill(ServerConfig, data, str(path))
-    config.stt, config.tts = stt, tts
+    config.stt, config.tts, config.wyoming = stt, tts, wyoming
     if not isinstance(config.authorized_ids, list) or not all(
         isinstance(k, str) for k in config.authorized_ids
     ):

@@ -37,6 +37,7 @@ from dsm.mimi import SAMPLE_RATE
 from dsm.server.http_errors import ApiError, read_guard
 from dsm.server.openai_common import model_note, stt_model_id, tts_model_id, warn_ignored
 from dsm.server.protocol import message_of
+from dsm.server.slot_wait import wait_for_slot
 from dsm.server.state import SERVER_KEY, DsmServer
 from dsm.server.uploads import decode_upload
 from dsm.stt.subtitles import build_cues, to_srt, to_vtt
@@ -85,14 +86,10 @@ class TranscriptionResult:
 async def _claim(server: DsmServer, timeout: float) -> SttChannel:
     module = server.stt_module_or_fail()
     loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + timeout
-    while True:
-        channel = module.new_channel(loop)
-        if channel is not None:
-            return channel
-        if time.monotonic() >= deadline:
-            raise ApiError(503, "no free channels: every STT slot is busy; retry later")
-        await asyncio.sleep(0.05)
+    channel = await wait_for_slot(lambda: module.new_channel(loop), timeout)
+    if channel is None:
+        raise ApiError(503, "no free channels: every STT slot is busy; retry later")
+    return channel
 
 
 def _gone(request: web.Request) -> bool:

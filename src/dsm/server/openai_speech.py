@@ -31,6 +31,7 @@ from dsm.engine.tts import TtsChannel
 from dsm.server.http_errors import ApiError, read_guard
 from dsm.server.openai_common import model_note, tts_model_id, warn_ignored
 from dsm.server.protocol import message_of
+from dsm.server.slot_wait import wait_for_slot
 from dsm.server.state import SERVER_KEY, DsmServer
 
 __all__ = ["OPENAI_VOICES", "add_routes", "speech_formats", "wav_header"]
@@ -54,12 +55,9 @@ async def _claim(server: DsmServer, voice: str | None) -> TtsChannel | None:
     module = server.tts
     assert module is not None
     loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + server.config.tts.queue_timeout_s
-    while True:
-        channel = module.new_channel(loop, voice)
-        if channel is not None or time.monotonic() >= deadline:
-            return channel
-        await asyncio.sleep(0.05)
+    return await wait_for_slot(
+        lambda: module.new_channel(loop, voice), server.config.tts.queue_timeout_s
+    )
 
 
 async def _speech(request: web.Request) -> web.StreamResponse:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from dsm.server.access_log import RedactingAccessLogger
 from dsm.server.app import DsmServer, build_app
 from dsm.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from dsm.server.wyoming import WyomingService
 
 __all__ = ["RunningServer", "start_server"]
 
@@ -23,6 +26,7 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    wyoming: WyomingService | None = None  # the Wyoming listener, when configured
 
     @property
     def http_url(self) -> str:
@@ -46,8 +50,12 @@ class RunningServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: no new sessions, active ones get ``grace_s``, then closed."""
+        if self.wyoming is not None:
+            self.wyoming.listener.close()  # no new Wyoming clients; active ones finish below
         if not self.server.shutting_down:
             await self.server.shutdown(grace_s)
+        if self.wyoming is not None:
+            await self.wyoming.stop()
         await self.runner.cleanup()
 
 
@@ -57,7 +65,8 @@ async def start_server(
     """Build the app for the loaded models, bind ``config.host:config.port`` and start it.
 
     Port 0 picks a free port (see :attr:`RunningServer.port`). With ``ready`` it returns once
-    the modules have warmed up.
+    the modules have warmed up. With ``config.wyoming.uri`` the Wyoming endpoint listens too
+    (:mod:`dsm.server.wyoming`), on the same modules.
     """
     server = DsmServer(config, stt=stt, tts=tts)
     app = build_app(server)
@@ -76,6 +85,14 @@ async def start_server(
     if addresses:
         port = int(addresses[0][1])
     running = RunningServer(server, runner, config.host, port)
+    if config.wyoming.uri:
+        from dsm.server.wyoming import start_wyoming
+
+        try:
+            running.wyoming = await start_wyoming(server)
+        except BaseException:
+            await running.stop(0.0)
+            raise
     if ready:
         await running.wait_ready()
     return running
