@@ -42,6 +42,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0
     raise AssertionError("dsm serve never became healthy")
 
 
+def _wyoming_asr_models(port: int) -> list[str]:
+    from wyoming.client import AsyncTcpClient
+    from wyoming.info import Describe, Info
+
+    async def describe() -> list[str]:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(Describe().event())
+            event = await asyncio.wait_for(client.read_event(), 10)
+            assert event is not None and Info.is_type(event.type)
+            return [m.name for p in Info.from_event(event).asr for m in p.models]
+
+    return asyncio.run(describe())
+
+
 def test_config_file_and_flags(tmp_path: Path) -> None:
     path = tmp_path / "server.toml"
     path.write_text('port = 9000\nauthorized_ids = ["a"]\n[stt]\nmodel = "m"\nbatch_size = 3\n')
@@ -60,10 +74,11 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
 def test_serve_client_loadtest(
     server_stt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()
+    port, wyoming_port = _free_port(), _free_port()
     cmd = [sys.executable, "-m", "dsm", "serve", "--stt-model", str(server_stt_dir),
            "--host", "127.0.0.1", "--port", str(port), "--batch-size", "2", "--api-key", "k",
-           "--device", "cpu", "--log-level", "warning"]  # fmt: skip
+           "--device", "cpu", "--log-level", "warning",
+           "--wyoming-uri", f"tcp://127.0.0.1:{wyoming_port}"]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -84,6 +99,8 @@ def test_serve_client_loadtest(
         assert report["completed"] == 2 and report["errors"] == [
             "DsmError: the server refused the session: no free channels"
         ]
+        # The Wyoming endpoint answers in the same process (Home Assistant's first request).
+        assert _wyoming_asr_models(wyoming_port) == [server_stt_dir.name]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

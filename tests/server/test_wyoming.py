@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -392,3 +393,24 @@ def test_without_the_extra_the_message_names_it(monkeypatch: pytest.MonkeyPatch)
     server = type("S", (), {"config": ServerConfig(wyoming=WyomingConfig(uri="tcp://x:1"))})()
     with pytest.raises(MissingExtraError, match=r"pip install 'dsm\[wyoming\]'"):
         asyncio.run(start_wyoming(server))
+
+
+def test_zeroconf_announcement(stt: dsm.SpeechToText) -> None:
+    """``zeroconf = NAME``: Home Assistant's discovery finds ``NAME._wyoming._tcp.local.`` at
+    the endpoint's port (a zeroconf browser in this process, as HA's would be on the LAN)."""
+    zc = pytest.importorskip("zeroconf.asyncio", reason="needs the zeroconf package")
+    name = f"dsm-test-{os.getpid()}"
+
+    async def body() -> tuple[bool, int | None, int]:
+        async with serving_wyoming(stt, None, zeroconf=name) as srv:
+            assert srv.wyoming is not None
+            browser = zc.AsyncZeroconf()
+            try:
+                info = zc.AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+                found = await info.async_request(browser.zeroconf, 5000)
+                return bool(found), info.port, srv.wyoming.address.port
+            finally:
+                await browser.async_close()
+
+    found, port, bound = run(body, timeout=60)
+    assert found and port == bound

@@ -115,7 +115,11 @@ async def start_wyoming(server: DsmServer) -> WyomingService:
         address = WyomingAddress(host=address.host, port=int(bound[1]))
     service = WyomingService(server, listener, address, tasks)
     if config.zeroconf and address.path is None:
-        service.zeroconf = await _announce(config.zeroconf, address)
+        try:
+            service.zeroconf = await _announce(config.zeroconf, address)
+        except OSError as exc:  # no multicast on this network: serve without the announcement
+            log.warning("Wyoming: the zeroconf announcement failed (%s); add the endpoint in "
+                        "Home Assistant by host and port instead", exc)  # fmt: skip
     log.info("Wyoming endpoint on %s", service.uri)
     return service
 
