@@ -414,3 +414,23 @@ def test_zeroconf_announcement(stt: dsm.SpeechToText) -> None:
 
     found, port, bound = run(body, timeout=60)
     assert found and port == bound
+
+
+def test_shutdown_ends_sessions_with_an_error(stt: dsm.SpeechToText) -> None:
+    """A transcription in progress when the server stops gets ``error`` (code ``shutdown``),
+    then the connection closes."""
+
+    async def body() -> list[Event]:
+        async with serving_wyoming(stt, None) as srv:
+            c = client(srv)
+            await c.connect()
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            assert (await read(c)).type == "transcript-start"
+            await srv.stop(0.0)
+            events: list[Event] = []
+            while (event := await asyncio.wait_for(c.read_event(), 10)) is not None:
+                events.append(event)
+            return events
+
+    events = run(body, timeout=60)
+    assert [(e.type, e.data.get("code")) for e in events] == [("error", "shutdown")]
