@@ -27,6 +27,7 @@ from dsm.server.ws_io import IdleDeadline, off_loop
 from dsm.server.wyoming.audio import OUT_CHANNELS, OUT_WIDTH, to_int16_bytes
 from dsm.server.wyoming.session import EventWriter, failure_event
 from dsm.tts.stream import AudioChunk as ModelAudio
+from dsm.tts.streamed_words import StreamedWords
 
 __all__ = ["TtsSession"]
 
@@ -49,7 +50,7 @@ class TtsSession:
         self.out = out
         self.streaming = streaming
         self.failed = False
-        self._pending = ""  # streaming text after its last whitespace (maybe half a word)
+        self._words = StreamedWords()  # streaming text held after its last whitespace
         self._sender: asyncio.Task[None] | None = None
         self._deadline: IdleDeadline | None = None
 
@@ -74,12 +75,7 @@ class TtsSession:
 
     async def push(self, text: str) -> None:
         """A ``synthesize-chunk``: queue the whole words it completes."""
-        self._pending += text
-        cut = max(self._pending.rfind(c) for c in " \t\n\r\f\v")
-        if cut < 0:
-            return
-        words, self._pending = self._pending[:cut], self._pending[cut + 1 :]
-        await self._text(words)
+        await self._text(" ".join(self._words.push(text)))
 
     async def _text(self, text: str) -> None:
         if text.strip():
@@ -93,8 +89,7 @@ class TtsSession:
         wait until the last audio has been sent."""
         if self._deadline is not None:
             self._deadline.cancel()
-        await self._text(self._pending + text)
-        self._pending = ""
+        await self._text(" ".join(self._words.push(text, complete=True)))
         self.channel.end_text()
         self.module.wake.set()
         if self._sender is not None:
