@@ -44,8 +44,8 @@ from dsm.audio.encode import pcm16
 from dsm.audio.resample import resample
 from dsm.errors import MissingExtraError
 from dsm.integrations.pipecat import DsmSTTService, DsmTTSService
-from dsm.integrations.pipecat.transcript import Utterance
 from dsm.server.client import stt_session, tts_session
+from dsm.server.wire_words import WireWords
 from dsm.stt.stream import EndOfTurn
 from dsm.stt.vad import VadOptions
 from dsm.stt.word_stream import WordContinued, WordStart
@@ -78,7 +78,7 @@ def _audio_frames(data: bytes, rate: int, ms: int = 20) -> list[InputAudioRawFra
 
 
 def test_utterance_appends_continued_words_without_a_space() -> None:
-    u = Utterance()
+    u = WireWords()
     assert u.word({"type": "Word", "text": "", "start_time": 0.0}) is False  # empty first word
     assert u.word({"type": "Word", "text": "mulesaica", "start_time": 0.5}) is True
     u.end_word({"type": "EndWord", "stop_time": 0.9})

@@ -21,6 +21,7 @@ import numpy as np
 
 from dsm.errors import DsmError
 from dsm.mimi import FRAME_SIZE, SAMPLE_RATE
+from dsm.server.wire_words import WireWords
 from dsm.stt.words import Word
 
 __all__ = [
@@ -217,54 +218,44 @@ async def _stt_receive(
     marker: asyncio.Event,
     on_word: Callable[[Word], None] | None,
 ) -> None:
-    open_word: tuple[str, float] | None = None
-    while True:
-        msg = await ws.receive()
-        if msg.type != aiohttp.WSMsgType.BINARY:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                continue
-            failure = close_failure(msg)
-            if failure is not None:
-                result.errors.append(failure)
-            break
-        message = unpack_message(msg.data)
-        now = time.monotonic()
-        kind = message["type"]
-        if kind == "Step":
-            if result.steps < len(sent_at):
-                result.step_latencies.append(now - sent_at[result.steps])
-            result.steps += 1
-        elif kind == "Word" and message.get("continues"):
-            # A piece that extends the word before (docs/server.md): the word, not a new one.
-            if open_word is None and result.words:
-                last = result.words.pop()
-                open_word = (last.text, last.start)
-            if open_word is not None:
-                open_word = (open_word[0] + message["text"], open_word[1])
-                if on_word is not None:
-                    on_word(Word(open_word[0], open_word[1], open_word[1]))
-        elif kind == "Word":
-            if open_word is not None:
-                result.words.append(Word(open_word[0], open_word[1], open_word[1]))
-            open_word = (message["text"], float(message["start_time"]))
-            frame = int(open_word[1] * SAMPLE_RATE) // FRAME_SIZE
-            if frame < len(sent_at):
-                result.word_latencies.append(now - sent_at[frame])
-            if on_word is not None:
-                on_word(Word(open_word[0], open_word[1], open_word[1]))
-        elif kind == "EndWord" and open_word is not None:
-            start = open_word[1]
-            result.words.append(Word(open_word[0], start, max(start, message["stop_time"])))
-            open_word = None
-        elif kind == "Marker":
-            result.marker_seen = True
-            marker.set()
-            break
-        elif kind == "Error":
-            result.errors.append(str(message.get("message")))
-            break
-    if open_word is not None:
-        result.words.append(Word(open_word[0], open_word[1], open_word[1]))
+    words = WireWords()
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    continue
+                failure = close_failure(msg)
+                if failure is not None:
+                    result.errors.append(failure)
+                break
+            message = unpack_message(msg.data)
+            now = time.monotonic()
+            kind = message["type"]
+            if kind == "Step":
+                if result.steps < len(sent_at):
+                    result.step_latencies.append(now - sent_at[result.steps])
+                result.steps += 1
+            elif kind == "Word":
+                # A ``continues`` piece extends the word before (docs/server.md), not a new one.
+                if words.word(message):
+                    frame = int(float(message["start_time"]) * SAMPLE_RATE) // FRAME_SIZE
+                    if frame < len(sent_at):
+                        result.word_latencies.append(now - sent_at[frame])
+                last = words.last
+                if on_word is not None and last is not None and message.get("text"):
+                    on_word(Word(last.text, last.start, last.start))
+            elif kind == "EndWord":
+                words.end_word(message)
+            elif kind == "Marker":
+                result.marker_seen = True
+                marker.set()
+                break
+            elif kind == "Error":
+                result.errors.append(str(message.get("message")))
+                break
+    finally:  # the words so far, also when the caller gives up waiting
+        result.words.extend(words.words)
 
 
 @dataclass

@@ -59,9 +59,9 @@ from dsm.integrations.pipecat.connection import (
     endpoint,
     messages,
 )
-from dsm.integrations.pipecat.transcript import Utterance
 from dsm.mimi import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from dsm.server.client import pack
+from dsm.server.wire_words import WireWords
 from dsm.stt.vad import EndOfTurnDetector, VadOptions
 
 __all__ = ["DsmSTTService"]
@@ -141,7 +141,7 @@ class DsmSTTService(STTService):
         self._send_lock = asyncio.Lock()
         self._last_connect = -math.inf
         self._resampler: StreamResampler | None = None
-        self._utterance = Utterance()
+        self._utterance = WireWords()
         self._unflushed = False  # audio sent since the last flush marker
         self._marker_id = 0
         self._markers: dict[int, asyncio.Event] = {}

@@ -1,4 +1,5 @@
-"""The words of one utterance, built from the STT messages of Kyutai's protocol.
+"""The words of one utterance, built from the STT messages of Kyutai's protocol (the one rule
+of dsm's clients: ``dsm client``, the Pipecat service).
 
 ``Word`` starts a word, ``EndWord`` gives the end of the word before it, and a ``Word`` with
 ``"continues": true`` is a later piece of the word before it, appended without a space
@@ -13,7 +14,7 @@ from typing import Any
 
 from dsm.stt.words import Word, join_words
 
-__all__ = ["Utterance"]
+__all__ = ["WireWords"]
 
 
 @dataclass
@@ -23,7 +24,7 @@ class _OpenWord:
     end: float | None = None
 
 
-class Utterance:
+class WireWords:
     """Words heard since the last :meth:`take`: feed it ``Word`` and ``EndWord`` messages."""
 
     def __init__(self) -> None:
@@ -57,6 +58,14 @@ class Utterance:
         """The words so far, timed in seconds of the session's audio (a word whose end has
         not come yet ends where it starts)."""
         return [Word(w.text, w.start, w.start if w.end is None else w.end) for w in self._words]
+
+    @property
+    def last(self) -> Word | None:
+        """The latest word as it stands (its end is its start until ``EndWord`` comes)."""
+        if not self._words:
+            return None
+        w = self._words[-1]
+        return Word(w.text, w.start, w.start if w.end is None else w.end)
 
     def __bool__(self) -> bool:
         return bool(self._words)
