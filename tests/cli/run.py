@@ -13,7 +13,8 @@ SRC = str(Path(dsm.__file__).resolve().parent.parent)
 # The packages of dsm's extras (dsm.extras.OPTIONAL_MODULES, spelled out here so that a module
 # dropped from that table is still blocked by the test).
 OPTIONAL = ("aiohttp", "msgpack", "prometheus_client", "sounddevice", "jiwer",
-            "whisper_normalizer", "datasets", "ray", "pyarrow")  # fmt: skip
+            "whisper_normalizer", "datasets", "ray", "pyarrow", "wyoming", "zeroconf",
+            "pipecat", "livekit")  # fmt: skip
 
 _BLOCKING_MAIN = """
 import sys

@@ -83,3 +83,12 @@ def test_missing_mic_extra(stt_dir: Path) -> None:
                      blocked=OPTIONAL)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "pip install 'dsm[mic]'" in result.stderr
+
+
+def test_wyoming_uri_without_the_extra_names_it() -> None:
+    """The server extra alone: ``--wyoming-uri`` says which extra, before any model loads."""
+    args = ("serve", "--stt-model", "no-such-dir", "--wyoming-uri", "tcp://127.0.0.1:10300")
+    result = run_dsm(*args, blocked=("wyoming",))
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'dsm[wyoming]'" in result.stderr
+    assert "Traceback" not in result.stderr
