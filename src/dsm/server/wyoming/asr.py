@@ -12,7 +12,6 @@ the connection stops reading until the model catches up (TCP pushes back on the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
@@ -22,7 +21,7 @@ from dsm.engine.stt import SttChannel, SttModule
 from dsm.server.state import DsmServer
 from dsm.server.ws_io import IdleDeadline
 from dsm.server.wyoming.audio import PcmInput
-from dsm.server.wyoming.session import EventWriter, failure_event
+from dsm.server.wyoming.session import EventWriter, SlotSession
 from dsm.stt.word_stream import WordContinued, WordStart
 
 __all__ = ["AsrSession"]
@@ -30,7 +29,7 @@ __all__ = ["AsrSession"]
 _FULL_POLL_S = 0.01
 
 
-class AsrSession:
+class AsrSession(SlotSession):
     """One transcription (create with a claimed channel, then :meth:`start`)."""
 
     def __init__(
@@ -42,15 +41,12 @@ class AsrSession:
         out: EventWriter,
         language: str | None,
     ) -> None:
+        super().__init__(module, channel, out)
+        self.module: SttModule = module
+        self.channel: SttChannel = channel
         self.server = server
-        self.module = module
-        self.channel = channel
         self.pcm = pcm
-        self.out = out
         self.language = language
-        self.failed = False
-        self._sender: asyncio.Task[None] | None = None
-        self._deadline: IdleDeadline | None = None
 
     async def start(self) -> None:
         """``transcript-start``, then the sender runs beside the connection's reads."""
@@ -63,11 +59,6 @@ class AsrSession:
         self._deadline = IdleDeadline(idle, expire)
         await self.out.send(TranscriptStart(language=self.language).event())
         self._sender = asyncio.create_task(self._send_loop())
-
-    @property
-    def ended(self) -> bool:
-        """The channel failed (the sender reports it and the connection closes)."""
-        return self.channel.failed or (self._sender is not None and self._sender.done())
 
     async def push(self, data: bytes, fmt: dict[str, Any]) -> None:
         """One ``audio-chunk``'s payload (raises AudioFormatError on a bad format)."""
@@ -133,17 +124,3 @@ class AsrSession:
                     return
         except (ConnectionError, RuntimeError):
             self.failed = True
-
-    async def _fail(self, failure: ChannelError) -> None:
-        self.failed = True
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.out.send(failure_event(failure))
-
-    async def close(self) -> None:
-        """Free the slot (the connection ended, or the transcript was sent)."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self.module.release(self.channel)
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)

@@ -13,7 +13,6 @@ a streaming request that sends no text for the TTS ``idle_timeout_s`` loses its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
@@ -25,14 +24,14 @@ from dsm.mimi import SAMPLE_RATE
 from dsm.server.state import DsmServer
 from dsm.server.ws_io import IdleDeadline, off_loop
 from dsm.server.wyoming.audio import OUT_CHANNELS, OUT_WIDTH, to_int16_bytes
-from dsm.server.wyoming.session import EventWriter, failure_event
+from dsm.server.wyoming.session import EventWriter, SlotSession
 from dsm.tts.stream import AudioChunk as ModelAudio
 from dsm.tts.streamed_words import StreamedWords
 
 __all__ = ["TtsSession"]
 
 
-class TtsSession:
+class TtsSession(SlotSession):
     """One synthesis (create with a claimed channel, then :meth:`start`)."""
 
     def __init__(
@@ -44,15 +43,12 @@ class TtsSession:
         *,
         streaming: bool,
     ) -> None:
+        super().__init__(module, channel, out)
+        self.module: TtsModule = module
+        self.channel: TtsChannel = channel
         self.server = server
-        self.module = module
-        self.channel = channel
-        self.out = out
         self.streaming = streaming
-        self.failed = False
         self._words = StreamedWords()  # streaming text held after its last whitespace
-        self._sender: asyncio.Task[None] | None = None
-        self._deadline: IdleDeadline | None = None
 
     def start(self) -> None:
         """Start sending audio as it is produced (beside the connection's reads)."""
@@ -67,11 +63,6 @@ class TtsSession:
 
             self._deadline = IdleDeadline(idle, expire)
         self._sender = asyncio.create_task(self._send_loop())
-
-    @property
-    def ended(self) -> bool:
-        """The channel failed or the audio is complete."""
-        return self.channel.failed or (self._sender is not None and self._sender.done())
 
     async def push(self, text: str) -> None:
         """A ``synthesize-chunk``: queue the whole words it completes."""
@@ -121,20 +112,6 @@ class TtsSession:
                 await self.out.send(SynthesizeStopped().event())
         except (ConnectionError, RuntimeError):
             self.failed = True
-
-    async def _fail(self, failure: ChannelError) -> None:
-        self.failed = True
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.out.send(failure_event(failure))
-
-    async def close(self) -> None:
-        """Free the slot (the connection ended, or the audio was sent)."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self.module.release(self.channel)
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 def _audio_start() -> Event:
