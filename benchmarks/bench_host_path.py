@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# --baseline runs this script again with another checkout's dsm first on the path.
+sys.path.insert(
+    0, os.environ.get("DSM_BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src")
+)
 
+import benchmarks.bench_server as bench_server
 import dsm.engine.stt as engine_stt
 from benchmarks.bench_server import _LOADTEST, ServerThread, StubEngine, build_stt, external_load
 from dsm.stt.engine import EngineStep
@@ -82,8 +87,9 @@ class ZeroCostEngine(StubEngine):
         return EngineStep(tokens=torch.from_numpy(tokens), pause=self.pause, forced=None)
 
 
-def thread_cpu_seconds() -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of this process, by native thread id."""
+def thread_cpu_seconds(kernel_only: bool = False) -> dict[int, float]:
+    """CPU seconds (user + system, or system only) of every thread of this process, by
+    native thread id."""
     out: dict[int, float] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
@@ -91,7 +97,8 @@ def thread_cpu_seconds() -> dict[int, float]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        user = 0 if kernel_only else int(fields[11])
+        out[int(tid)] = (user + int(fields[12])) / _CLOCK_TICKS
     return out
 
 
@@ -136,8 +143,13 @@ def measure(
     models = model_thread_ids(server)
     lag.take()
     frames0, cpu0, wall0 = ZeroCostEngine.frames, thread_cpu_seconds(), time.monotonic()
-    report = external_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
+    sys0 = sum(thread_cpu_seconds(kernel_only=True).values())
+    if args.load == "lean":
+        report = lean_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
+    else:
+        report = external_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
     frames, cpu1 = ZeroCostEngine.frames - frames0, thread_cpu_seconds()
+    kernel = sum(thread_cpu_seconds(kernel_only=True).values()) - sys0
     wall = time.monotonic() - wall0
     spent = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
     total = sum(spent.values())
@@ -151,6 +163,7 @@ def measure(
         "frames": frames,
         "frames_per_s": frames / wall,
         "us_frame": total * per,
+        "us_kernel": kernel * per,
         "us_loop": on_loop * per,
         "us_model": on_model * per,
         "cpu_cores": total / wall,
@@ -159,6 +172,48 @@ def measure(
         "errors": len(report.errors),
         "completed": report.completed,
     }
+
+
+@dataclass
+class LeanReport:
+    """The merged reports of the ``lean_load.py`` processes (the fields ``measure`` reads)."""
+
+    late_frames: int = 0
+    errors: list[str] = field(default_factory=list)
+    completed: int = 0
+    p99_ms: float = 0.0
+
+
+def lean_load(
+    url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float
+) -> LeanReport:
+    """``n`` streams from ``procs`` processes of ``benchmarks/lean_load.py``."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "lean_load.py"
+    shares = [n // procs + (i < n % procs) for i in range(procs)]
+    cpus = bench_server.CLIENT_CPUS
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), "--url", f"{url}/api/asr-streaming", "-n", str(k),
+             "--seconds", str(seconds), "--speed", str(speed), "--late-ms", str(late_ms)],
+            stdout=subprocess.PIPE, preexec_fn=pin,
+        )
+        for k in shares if k
+    ]  # fmt: skip
+    merged = LeanReport()
+    for child in children:
+        part = json.loads(child.communicate()[0].decode().strip().splitlines()[-1])
+        merged.late_frames += part["late_frames"]
+        merged.errors += part["errors"]
+        merged.completed += part["sessions"] - part["error_count"]
+        merged.p99_ms = max(merged.p99_ms, part["p99_ms"] or 0.0)
+    return merged
 
 
 class EngineClock:
@@ -260,30 +315,132 @@ def main() -> None:
         help="what each TTS session says",
     )
     parser.add_argument("--no-stt", action="store_true", help="TTS rounds only")
+    parser.add_argument(
+        "--server-cpus", type=int, nargs="*", default=[], help="pin the server to these CPUs"
+    )
+    parser.add_argument(
+        "--client-cpus", type=int, nargs="*", default=[], help="pin the load to these CPUs"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the server of git revision REV (a worktree of this repository), "
+        "first, in a separate process with the same load and settings",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("lean", "loadtest"),
+        default="lean",
+        help="STT load: benchmarks/lean_load.py (raw WebSocket, pre-encoded frames: enough "
+        "streams in real time on a small machine) or dsm loadtest (a full client, with its "
+        "flush of silence at the end)",
+    )
+    parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     speeds = args.speed * len(args.sessions) if len(args.speed) == 1 else args.speed
     if len(speeds) != len(args.sessions):
         parser.error("give one --speed, or one per --sessions value")
     torch.set_num_threads(1)
+    if args.server_cpus:
+        os.sched_setaffinity(0, set(args.server_cpus))
+    bench_server.CLIENT_CPUS.update(args.client_cpus)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    if args.baseline:
+        results[args.baseline] = baseline_rows(args.baseline)
+    here = {"stt": [], "tts": []}
     if not args.no_stt:
-        stt_rounds(args, speeds)
+        here["stt"] = stt_rounds(args, speeds)
     if args.tts_sessions:
         EngineClock.install()
-        rows = [measure_tts(n, args.tts_text, args.client_procs) for n in args.tts_sessions]
+        here["tts"] = [measure_tts(n, args.tts_text, args.client_procs) for n in args.tts_sessions]
+    if args.rows_json:
+        print(json.dumps(here))
+        return
+    results["this tree"] = here
+    print_tables(args, results)
+
+
+def baseline_rows(rev: str) -> dict[str, list[dict[str, Any]]]:
+    """This script's rows for the server of revision ``rev`` (run from a git worktree)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", rev],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    tree = Path(tempfile_dir()) / f"dsm-baseline-{sha}"
+    if not (tree / "src" / "dsm").is_dir():
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", "--force", str(tree), sha],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--baseline")
+    del argv[i : i + 2]
+    env = {**os.environ, "DSM_BENCH_SRC": str(tree / "src")}
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--rows-json"], check=True, env=env,
+        stdout=subprocess.PIPE, text=True,
+    ).stdout  # fmt: skip
+    rows: dict[str, list[dict[str, Any]]] = json.loads(out.strip().splitlines()[-1])
+    return rows
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def print_tables(args: Any, results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """The STT and TTS tables, one row per server and session count."""
+    if any(r["stt"] for r in results.values()):
+        slots = args.slots or max(args.sessions)
+        print(
+            f"\nHost cost per STT session-frame (zero-cost model step, step sleep {args.step_ms:g} "
+            f"ms, {slots} slots, {args.client_procs} {args.load} client processes, "
+            f"{os.cpu_count()} cores"
+            f"{pinning(args)})\n"
+        )
+        print(
+            "| server | sessions | speed | frames/s | us/frame | of it kernel | loop us "
+            "| model us | server cores | loop lag p99 ms | late | errors |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, rows in results.items():
+            for r in rows["stt"]:
+                print(
+                    f"| {name} | {r['sessions']} | {r['speed']:g} | {r['frames_per_s']:.0f} "
+                    f"| {r['us_frame']:.1f} | {r['us_kernel']:.1f} "
+                    f"| {r['us_loop']:.1f} | {r['us_model']:.1f} | {r['cpu_cores']:.2f} "
+                    f"| {r['lag_p99_ms']:.1f} | {r['late']} | {r['errors']} |"
+                )
+    if any(r["tts"] for r in results.values()):
         print(
             f"\nHost cost per TTS frame sent (tiny TTS model; its step's CPU time left out; "
-            f"{args.client_procs} client processes, {os.cpu_count()} cores)\n"
+            f"{args.client_procs} client processes, {os.cpu_count()} cores{pinning(args)})\n"
         )
-        print("| sessions | frames/s | host us/frame | engine us/frame | loop lag p99 | errors |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(
-                f"| {r['sessions']} | {r['frames_per_s']:.0f} | {r['us_host']:.1f} "
-                f"| {r['us_engine']:.0f} | {r['lag_p99_ms']:.1f} | {r['errors']} |"
-            )
+        print(
+            "| server | sessions | frames/s | host us/frame | engine us/frame | loop lag p99 "
+            "| errors |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, rows in results.items():
+            for r in rows["tts"]:
+                print(
+                    f"| {name} | {r['sessions']} | {r['frames_per_s']:.0f} | {r['us_host']:.1f} "
+                    f"| {r['us_engine']:.0f} | {r['lag_p99_ms']:.1f} | {r['errors']} |"
+                )
 
 
-def stt_rounds(args: Any, speeds: list[float]) -> None:
+def pinning(args: Any) -> str:
+    if not (args.server_cpus or args.client_cpus):
+        return ""
+    return f"; server on CPUs {args.server_cpus or 'any'}, load on {args.client_cpus or 'any'}"
+
+
+def stt_rounds(args: Any, speeds: list[float]) -> list[dict[str, Any]]:
     """The STT measurements with the zero-cost engine (one server, one row per count)."""
     ZeroCostEngine.step_seconds = args.step_ms / 1000
     engine_stt.SttEngine = ZeroCostEngine  # type: ignore[misc, assignment]
@@ -299,21 +456,7 @@ def stt_rounds(args: Any, speeds: list[float]) -> None:
     finally:
         lag.stop()
         server.stop()
-    print(
-        f"\nHost cost per STT session-frame (zero-cost model step, step sleep {args.step_ms:g} "
-        f"ms, {slots} slots, {args.client_procs} client processes, {os.cpu_count()} cores)\n"
-    )
-    print(
-        "| sessions | speed | frames/s | us/frame | loop us | model us | server cores "
-        "| loop lag p99 ms | late | errors |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['sessions']} | {r['speed']:g} | {r['frames_per_s']:.0f} | {r['us_frame']:.1f} "
-            f"| {r['us_loop']:.1f} | {r['us_model']:.1f} | {r['cpu_cores']:.2f} "
-            f"| {r['lag_p99_ms']:.1f} | {r['late']} | {r['errors']} |"
-        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# bench_host_path.py --baseline: another checkout's dsm comes first.
+sys.path.insert(
+    0, os.environ.get("DSM_BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src")
+)
 
 from dsm.checkpoint.config import parse_config
 from dsm.commands.loadtest import LoadtestReport, run_loadtest
@@ -247,7 +250,11 @@ class ServerThread:
     """The server on its own event loop in a thread (the load runs elsewhere)."""
 
     def __init__(self, stt: SpeechToText, batch: int) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = (
+            __import__("uvloop").new_event_loop()
+            if os.environ.get("UVL")
+            else asyncio.new_event_loop()
+        )
         cfg = ServerConfig(host="127.0.0.1", port=0, stt=SttModuleConfig(batch_size=batch))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -277,6 +284,9 @@ _LOADTEST = (
 )
 
 
+CLIENT_CPUS: set[int] = set()  # CPUs the load processes run on (empty: anywhere)
+
+
 def external_load(
     url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float = 1.0
 ) -> LoadtestReport:
@@ -284,12 +294,18 @@ def external_load(
     times real time); merged report."""
     shares = [n // procs + (i < n % procs) for i in range(procs)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cpus = CLIENT_CPUS
+
+    def pin() -> None:  # in the child, before it runs
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _LOADTEST, "loadtest", "--url", url, "--api-key", "", "-n",
              str(k), "--seconds", str(seconds), "--late-ms", str(late_ms), "--speed", str(speed),
              "--json"],
-            stdout=subprocess.PIPE, env=env,
+            stdout=subprocess.PIPE, env=env, preexec_fn=pin,
         )
         for k in shares if k
     ]  # fmt: skip

@@ -69,6 +69,10 @@ class Channel:
         self.failed = False  # told a ChannelError; the model thread ignores it
         self.started = False  # the model thread has reset the slot for this channel
         self.opened_at = time.monotonic()
+        # Set by a connection that takes its results as they arrive (on its event loop):
+        # called with each batch instead of queueing it, it returns what it did not take
+        # (from a ChannelError on), which is queued for :meth:`get` as before.
+        self.sink: Callable[[list[ChannelEvent]], list[ChannelEvent] | None] | None = None
 
     def deliver(self, messages: list[ChannelEvent] | None) -> None:
         """Queue messages for the connection (from any thread); ``None`` ends the stream."""
@@ -82,6 +86,10 @@ class Channel:
         if messages is not None:
             if not messages:
                 return
+            if self.sink is not None:
+                messages = self.sink(messages)
+                if not messages:
+                    return
             self.pending += len(messages)
             if self.pending > self.max_pending:
                 self.overflow = True

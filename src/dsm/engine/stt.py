@@ -365,6 +365,7 @@ class SttModule(ModelModule[SttChannel]):
         tokens = out.tokens.numpy()[rows].tolist()
         pauses = out.pause.numpy()[rows].tolist() if out.pause is not None else None
         now = time.monotonic()
+        latencies: list[float] = []
         for i, (c, fed, arrival) in enumerate(work):
             try:
                 events = c.consume(
@@ -375,8 +376,9 @@ class SttModule(ModelModule[SttChannel]):
                 continue
             self._outbox.add(c, events)
             if arrival is not None and fed:
-                self.metrics.asr_frame_latency.observe(now - arrival)
+                latencies.append(now - arrival)
         self._outbox.flush()
+        self.metrics.observe_many(self.metrics.asr_frame_latency, latencies)
         return True
 
     @property

@@ -34,6 +34,7 @@ __all__ = [
     "SttInput",
     "encode",
     "encode_audio",
+    "encode_event",
     "error",
     "float_array",
     "message_of",
@@ -232,6 +233,42 @@ class SttInput:
             return AudioIn(self._opus.push(parsed.data))
         except ValueError as exc:  # OggError, AudioError
             raise ProtocolError(f"invalid OggOpus data: {exc}") from None
+
+
+def _key(name: str) -> bytes:
+    return _F64.pack(name)
+
+
+# The constant parts of the messages a live stream sends most: ``Step`` every frame, ``Word``
+# and ``EndWord`` a few times a second (the bytes :func:`encode` gives, tested).
+_STEP_HEAD = b"\x84" + _key("type") + _key("Step") + _key("step_idx")
+_PRS = _key("prs")
+_BUFFERED = _key("buffered_pcm")
+_WORD_HEAD = b"\x83" + _key("type") + _key("Word") + _key("text")
+_START = _key("start_time")
+_END_WORD_HEAD = b"\x82" + _key("type") + _key("EndWord") + _key("stop_time")
+
+
+def encode_event(event: ChannelEvent) -> bytes | None:
+    """``encode(message_of(event))``, with the per-frame messages written from pre-encoded
+    parts; None for the internal ``_Done``."""
+    kind = type(event)
+    if kind is FrameDone:
+        assert isinstance(event, FrameDone)
+        return b"".join((
+            _STEP_HEAD, _F64.pack(event.step), _PRS, _F32.pack(event.pause),
+            _BUFFERED, _F64.pack(event.buffered_samples),
+        ))  # fmt: skip
+    if kind is WordStart:
+        assert isinstance(event, WordStart)
+        return b"".join((_WORD_HEAD, _F64.pack(event.text), _START, _F64.pack(float(event.start))))
+    if kind is WordEnd:
+        assert isinstance(event, WordEnd)
+        return _END_WORD_HEAD + _F64.pack(float(event.end))
+    message = message_of(event)
+    if message["type"].startswith("_"):
+        return None
+    return encode(message)
 
 
 def message_of(event: ChannelEvent) -> dict[str, Any]:

@@ -33,12 +33,13 @@ from dsm.server.protocol import (
     ProtocolError,
     SttInput,
     encode,
+    encode_event,
     error,
-    message_of,
     parse_stt_message,
 )
 from dsm.server.state import SERVER_KEY, DsmServer
-from dsm.server.ws_io import IdleDeadline, off_loop
+from dsm.server.ws_direct import DirectWebSocket, direct_sink
+from dsm.server.ws_io import INLINE_LIMIT, IdleDeadline, off_loop
 
 __all__ = ["NO_FREE_CHANNELS", "add_routes", "handle_stt_websocket"]
 
@@ -58,6 +59,9 @@ async def _reject(ws: web.WebSocketResponse, message: str) -> web.WebSocketRespo
 
 
 async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
+    """Ends the session: the channel's results are written by its sink as they arrive
+    (:func:`~dsm.server.ws_direct.direct_sink`); its queue gets only the end of the stream or
+    a failure."""
     failure: ChannelError | None = None
     try:
         while failure is None:
@@ -68,30 +72,79 @@ async def _send_loop(ws: web.WebSocketResponse, channel: SttChannel, server: Dsm
                 if isinstance(event, ChannelError):
                     failure = event
                     break
-                message = message_of(event)
-                if not message["type"].startswith("_"):
-                    await ws.send_bytes(encode(message))
-            if failure is None and channel.overflow:
-                server.metrics.inc("dsm_slow_clients")
-                failure = ChannelError(
-                    "too many unread results: the client is not reading; closing", "client"
-                )
+                payload = encode_event(event)
+                if payload is not None:
+                    await ws.send_bytes(payload)
     except (ConnectionError, RuntimeError, asyncio.CancelledError):
         pass
     finally:
         await end_session(ws, failure, error_message=server.config.error_messages)
 
 
-async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: DsmServer) -> None:
-    idle = server.config.stt.idle_timeout_s
+class _Input:
+    """A connection's input side: parses client frames into its channel, on the event loop
+    as each frame is parsed (:meth:`direct`) or from ``ws.receive()`` (:meth:`take`)."""
 
-    def expire() -> None:
-        # The sender then closes the socket, which ends the ``ws.receive()`` below.
-        server.metrics.inc("dsm_timeouts")
-        channel.fail(f"no audio received for {idle:g} s: closing the connection", "idle")
+    def __init__(self, channel: SttChannel, server: DsmServer) -> None:
+        self.channel = channel
+        self.server = server
+        self.parser = SttInput()  # keeps the connection's Ogg Opus decoder
+        idle = server.config.stt.idle_timeout_s
 
-    deadline = IdleDeadline(idle, expire)
-    parser = SttInput()  # keeps the connection's Ogg Opus decoder
+        def expire() -> None:
+            # The sender then closes the socket, which ends the ``ws.receive()`` loop.
+            server.metrics.inc("dsm_timeouts")
+            channel.fail(f"no audio received for {idle:g} s: closing the connection", "idle")
+
+        self.deadline = IdleDeadline(idle, expire)
+
+    def direct(self, data: bytes) -> bool:
+        """A binary frame as it is parsed; False leaves it to :meth:`take` (a large message, Ogg
+        Opus, or a channel over its bound: the socket is then read no further for a while)."""
+        channel = self.channel
+        if channel.failed or channel.closed:
+            return True  # the session is ending: drop
+        if len(data) > INLINE_LIMIT or channel.full:
+            return False
+        try:
+            parsed = parse_stt_message(data)
+        except ProtocolError as exc:
+            self.refuse(exc)
+            return True
+        if isinstance(parsed, OggOpusIn):
+            return False
+        self.accept(parsed)
+        return True
+
+    async def take(self, data: bytes) -> bool:
+        """A binary frame from ``ws.receive()``; False once the channel failed on it."""
+        try:
+            parsed = await _parse(self.parser, data, self.server)
+        except ProtocolError as exc:
+            self.refuse(exc)
+            return False
+        self.accept(parsed)
+        return True
+
+    def refuse(self, exc: ProtocolError) -> None:
+        self.server.metrics.inc("dsm_protocol_errors")
+        self.channel.fail(str(exc), "client")
+
+    def accept(self, parsed: AudioIn | MarkerIn | None) -> None:
+        if isinstance(parsed, AudioIn):
+            self.channel.push_audio(parsed.pcm)
+            if parsed.pcm.size:
+                self.deadline.touch()
+            _wake(self.server)
+        elif isinstance(parsed, MarkerIn):
+            self.channel.push_marker(parsed.id)
+            _wake(self.server)
+
+
+async def _receive_loop(ws: DirectWebSocket, channel: SttChannel, source: _Input) -> None:
+    """What the direct path leaves: control frames, the close, and the binary frames it
+    declined (in order: while one is handled here, later ones queue behind it)."""
+    deadline = source.deadline
     try:
         while not ws.closed and not channel.closed and not channel.failed:
             if channel.full:
@@ -103,27 +156,21 @@ async def _receive_loop(ws: web.WebSocketResponse, channel: SttChannel, server: 
             if channel.failed:
                 return
             if msg.type == WSMsgType.BINARY:
+                ws.hold()
                 try:
-                    parsed = await _parse(parser, msg.data, server)
-                except ProtocolError as exc:
-                    server.metrics.inc("dsm_protocol_errors")
-                    channel.fail(str(exc), "client")
-                    return
-                if isinstance(parsed, AudioIn):
-                    channel.push_audio(parsed.pcm)
-                    if parsed.pcm.size:
-                        deadline.touch()
-                    _wake(server)
-                elif isinstance(parsed, MarkerIn):
-                    channel.push_marker(parsed.id)
-                    _wake(server)
+                    if not await source.take(msg.data):
+                        return
+                finally:
+                    ws.release()
             elif msg.type == WSMsgType.TEXT:
                 continue  # upstream ignores text frames on the STT socket
             else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. a message over max_msg_size)
                 if msg.type == WSMsgType.ERROR:
+                    server = source.server
                     server.metrics.inc("dsm_protocol_errors")
                 return
     finally:
+        ws.set_binary_handler(None)
         deadline.cancel()
 
 
@@ -154,7 +201,7 @@ async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
     server.check_key(request, allow_query=True)
     config = server.config
-    ws = web.WebSocketResponse(
+    ws = DirectWebSocket(
         max_msg_size=config.stt.max_message_bytes,
         heartbeat=config.heartbeat_s if config.heartbeat_s > 0 else None,
         autoping=True,
@@ -173,9 +220,14 @@ async def handle_stt_websocket(request: web.Request) -> web.StreamResponse:
     log.info("stt connection on slot %d", channel.slot)
     sender: asyncio.Task[None] | None = None
     try:
+        # Results go straight to the socket from here on; Ready is written first (an
+        # uncompressed send writes before it yields to the loop).
+        channel.sink = direct_sink(ws, channel, encode_event, server.metrics)
         await ws.send_bytes(encode({"type": "Ready"}))
+        source = _Input(channel, server)
+        ws.set_binary_handler(source.direct)
         sender = asyncio.create_task(_send_loop(ws, channel, server))
-        await _receive_loop(ws, channel, server)
+        await _receive_loop(ws, channel, source)
         if not ws.closed:
             # The receive loop failed the channel: let the sender close the socket.
             await asyncio.wait({sender}, timeout=_SENDER_GRACE_S)

@@ -43,7 +43,7 @@ import msgpack
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from dsm.engine.events import ChannelError
+from dsm.engine.events import ChannelError, ChannelEvent
 from dsm.engine.slots import ModuleUnavailable
 from dsm.engine.tts import TtsChannel, TtsModule
 from dsm.server.closing import end_session
@@ -56,6 +56,7 @@ from dsm.server.protocol import (
     message_of,
 )
 from dsm.server.state import SERVER_KEY, DsmServer
+from dsm.server.ws_direct import DirectWebSocket, direct_sink
 from dsm.server.ws_io import IdleDeadline, off_loop
 from dsm.tts.voices import VoiceError
 
@@ -213,6 +214,10 @@ class TtsWire:
             return encode_audio(pcm)
         return encode(message) if self.msgpack else None
 
+    def event(self, event: ChannelEvent) -> bytes | None:
+        """:meth:`message` of a module event."""
+        return self.message(message_of(event))
+
     def end(self) -> bytes | None:
         """The end-of-stream Ogg page (Ogg formats), after the last audio."""
         if self.opus is None:
@@ -233,7 +238,7 @@ async def _send_loop(
                 if isinstance(event, ChannelError):
                     failure = event
                     break
-                payload = wire.message(message_of(event))
+                payload = wire.event(event)
                 if payload is not None:
                     await ws.send_bytes(payload)
             if failure is None and channel.overflow:
@@ -302,7 +307,7 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     except ProtocolError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     wire = TtsWire(fmt)
-    ws = web.WebSocketResponse(
+    ws = DirectWebSocket(
         max_msg_size=server.config.tts.max_message_bytes,
         heartbeat=server.config.heartbeat_s if server.config.heartbeat_s > 0 else None,
     )
@@ -324,6 +329,9 @@ async def handle_tts_websocket(request: web.Request) -> web.StreamResponse:
     try:
         for payload in wire.start():
             await ws.send_bytes(payload)
+        # Results go straight to the socket as the model thread hands them over; the sender
+        # only ends the session (the last Ogg page, or the failure).
+        channel.sink = direct_sink(ws, channel, wire.event, server.metrics)
         sender = asyncio.create_task(_send_loop(ws, channel, wire, server.config.error_messages))
         await _receive_loop(ws, channel, module, server)
         if not ws.closed:
