@@ -1,7 +1,9 @@
 """``GET /api/asr-streaming``: Kyutai's streaming STT WebSocket (server-protocol.md §2).
 
-One connection = one slot. The handler runs two tasks: the receive loop (this coroutine) parses
-client messages into the channel, and the sender is the only writer to the socket. Before
+One connection = one slot. Client frames are parsed into the channel as aiohttp's parser
+finishes them, and the channel's results are written to the socket as the model thread hands
+them over (:mod:`dsm.server.ws_direct`); the receive loop (this coroutine) takes what that path
+leaves (control frames, Ogg Opus, large messages) and the sender task ends the session. Before
 ``Ready`` a refusal is an ``Error`` message then a close (``no free channels``, as upstream);
 after it every failure (invalid message, timeout, failed model, slow client) ends the session
 through :func:`dsm.server.closing.end_session`: a close frame with a code and the reason.
