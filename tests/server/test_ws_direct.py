@@ -103,6 +103,9 @@ async def _order_kept() -> None:
     app = web.Application()
     app.router.add_get("/ws", handler)
     sent = [b"a", b"slow1", b"b", b"c", b"slow2", b"d", b"e"] + [b"f%d" % i for i in range(20)]
+    # A message over aiohttp's queue limit stalls its parser, which resumes while the route
+    # reads it: the frames parsed then must still wait behind it.
+    sent += [b"slow-big" + b"x" * 300_000] + [b"g%d" % i for i in range(20)]
     sent.append(b"slow-end")
     async with TestClient(TestServer(app)) as client:
         ws = await client.ws_connect("/ws")

@@ -90,6 +90,10 @@ if _Queue is not None:
                 and handler(data.data)
             ):
                 return
+            # From the first message queued until the route has handled all of them, every
+            # message queues (aiohttp may parse more frames while a message is being read).
+            if handler is not None:
+                self.held = True
             super().feed_data(data, size)
 
 
@@ -153,10 +157,11 @@ class DirectWebSocket(web.WebSocketResponse):
             self._direct_queue.held = True
 
     def release(self) -> None:
-        """The route is done with that message: the handler may take new ones again (once the
-        queue holds none)."""
-        if self._direct_queue is not None:
-            self._direct_queue.held = False
+        """The route is done with that message: the handler takes new ones again once the
+        queue holds none (until then they queue too)."""
+        queue = self._direct_queue
+        if queue is not None and not queue._buffer:
+            queue.held = False
 
     @property
     def writable(self) -> bool:
