@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -369,7 +370,7 @@ def baseline_rows(rev: str) -> dict[str, list[dict[str, Any]]]:
         ["git", "-C", str(repo), "rev-parse", "--short", rev],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    tree = Path(tempfile_dir()) / f"dsm-baseline-{sha}"
+    tree = Path(tempfile.gettempdir()) / f"dsm-baseline-{sha}"
     if not (tree / "src" / "dsm").is_dir():
         subprocess.run(
             ["git", "-C", str(repo), "worktree", "add", "--detach", "--force", str(tree), sha],
@@ -387,51 +388,44 @@ def baseline_rows(rev: str) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+def _table(
+    title: str, header: list[str], results: dict[str, dict[str, list[dict[str, Any]]]],
+    kind: str, cells: Any,
+) -> None:  # fmt: skip
+    """One markdown table: a row per server and session count (``cells(row)``: its cells)."""
+    if not any(r[kind] for r in results.values()):
+        return
+    print(f"\n{title}\n")
+    print("| server | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
+    for name, rows in results.items():
+        for r in rows[kind]:
+            print(f"| {name} | " + " | ".join(cells(r)) + " |")
 
 
 def print_tables(args: Any, results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """The STT and TTS tables, one row per server and session count."""
-    if any(r["stt"] for r in results.values()):
-        slots = args.slots or max(args.sessions)
-        print(
-            f"\nHost cost per STT session-frame (zero-cost model step, step sleep {args.step_ms:g} "
-            f"ms, {slots} slots, {args.client_procs} {args.load} client processes, "
-            f"{os.cpu_count()} cores"
-            f"{pinning(args)})\n"
-        )
-        print(
-            "| server | sessions | speed | frames/s | us/frame | of it kernel | loop us "
-            "| model us | server cores | loop lag p99 ms | late | errors |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for name, rows in results.items():
-            for r in rows["stt"]:
-                print(
-                    f"| {name} | {r['sessions']} | {r['speed']:g} | {r['frames_per_s']:.0f} "
-                    f"| {r['us_frame']:.1f} | {r['us_kernel']:.1f} "
-                    f"| {r['us_loop']:.1f} | {r['us_model']:.1f} | {r['cpu_cores']:.2f} "
-                    f"| {r['lag_p99_ms']:.1f} | {r['late']} | {r['errors']} |"
-                )
-    if any(r["tts"] for r in results.values()):
-        print(
-            f"\nHost cost per TTS frame sent (tiny TTS model; its step's CPU time left out; "
-            f"{args.client_procs} client processes, {os.cpu_count()} cores{pinning(args)})\n"
-        )
-        print(
-            "| server | sessions | frames/s | host us/frame | engine us/frame | loop lag p99 "
-            "| errors |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for name, rows in results.items():
-            for r in rows["tts"]:
-                print(
-                    f"| {name} | {r['sessions']} | {r['frames_per_s']:.0f} | {r['us_host']:.1f} "
-                    f"| {r['us_engine']:.0f} | {r['lag_p99_ms']:.1f} | {r['errors']} |"
-                )
+    slots = args.slots or max(args.sessions)
+    _table(
+        f"Host cost per STT session-frame (zero-cost model step, step sleep {args.step_ms:g} "
+        f"ms, {slots} slots, {args.client_procs} {args.load} client processes, "
+        f"{os.cpu_count()} cores{pinning(args)})",
+        ["sessions", "speed", "frames/s", "us/frame", "of it kernel", "loop us", "model us",
+         "server cores", "loop lag p99 ms", "late", "errors"],
+        results, "stt",
+        lambda r: [str(r["sessions"]), f"{r['speed']:g}", f"{r['frames_per_s']:.0f}",
+                   f"{r['us_frame']:.1f}", f"{r['us_kernel']:.1f}", f"{r['us_loop']:.1f}",
+                   f"{r['us_model']:.1f}", f"{r['cpu_cores']:.2f}", f"{r['lag_p99_ms']:.1f}",
+                   str(r["late"]), str(r["errors"])],
+    )  # fmt: skip
+    _table(
+        f"Host cost per TTS frame sent (tiny TTS model; its step's CPU time left out; "
+        f"{args.client_procs} client processes, {os.cpu_count()} cores{pinning(args)})",
+        ["sessions", "frames/s", "host us/frame", "engine us/frame", "loop lag p99", "errors"],
+        results, "tts",
+        lambda r: [str(r["sessions"]), f"{r['frames_per_s']:.0f}", f"{r['us_host']:.1f}",
+                   f"{r['us_engine']:.0f}", f"{r['lag_p99_ms']:.1f}", str(r["errors"])],
+    )  # fmt: skip
 
 
 def pinning(args: Any) -> str:
