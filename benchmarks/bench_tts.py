@@ -147,10 +147,14 @@ class Setup:
         frames = 0
         start = time.perf_counter()
         conditions = tts.batch_conditions([rows] * B)
+        steps = 0
         with tts.make_engine(B, conditions, temperature=0.6, seed=0) as engine:
+            depformer = _timed(engine.gen._phase_depformer, "fn")
+            mimi = _timed(engine.stream, "decode")
             for b in range(B):
                 engine.start_slot(b, entries=entries[b], complete=True)
             while engine.busy:
+                steps += 1
                 for out in engine.step():
                     if out.pcm is not None:
                         frames += 1
@@ -158,7 +162,18 @@ class Setup:
                             first.append((time.perf_counter() - start, timer.total))
         total = time.perf_counter() - start
         timer.remove()
-        return self._figures(first[0], total, timer.total, frames)
+        figures = self._figures(first[0], total, timer.total, frames)
+        # Milliseconds per LM step, split (main transformer scaled to 16 layers like "x16").
+        ms = 1e3 / steps
+        main16 = timer.total * REAL_LAYERS / self.layers
+        figures.update(
+            ms_main16=main16 * ms,
+            ms_dep=depformer[0] * ms,
+            ms_mimi=mimi[0] * ms,
+            ms_host=(total - timer.total - depformer[0] - mimi[0]) * ms,
+            ms_total16=(total - timer.total + main16) * ms,
+        )
+        return figures
 
     def _figures(
         self, first: tuple[float, float], total: float, transformer: float, frames: int
@@ -204,6 +219,7 @@ def main() -> None:
         print(header)
         print("-" * 109)
         modes: list[str | None] = [None, *args.quantize]
+        splits: dict[int, dict[str | None, dict[str, float]]] = {}
         for B in args.batch:
             refs: list[dict[str, float]] = []
             dsms: dict[str | None, list[dict[str, float]]] = {m: [] for m in modes}
@@ -216,6 +232,7 @@ def main() -> None:
                 for mode in modes:
                     dsms[mode].append(setup.run_dsm(B, mode))
             r = best(refs)
+            splits[B] = {mode: best(dsms[mode]) for mode in modes}
             for mode in modes:
                 d = best(dsms[mode])
                 name = f"{args.dtype[:4]}+{mode}" if mode else args.dtype
@@ -227,11 +244,42 @@ def main() -> None:
                     f"{d['rtf16'] / r['rtf16']:5.2f}x",
                     flush=True,
                 )
+        print(
+            "\ndsm milliseconds per LM step (main transformer scaled to 16 layers; host = the "
+            "rest: state machine, embeddings, text sampling, delays, output)"
+        )
+        print(f"{'B':>2} {'dsm LM':>12} | {'main x16':>9} {'depformer':>9} {'Mimi':>7} "
+              f"{'host':>7} | {'total x16':>9}")  # fmt: skip
+        for B, by_mode in splits.items():
+            for mode, d in by_mode.items():
+                name = f"{args.dtype[:4]}+{mode}" if mode else args.dtype
+                print(
+                    f"{B:>2} {name:>12} | {d['ms_main16']:9.1f} {d['ms_dep']:9.1f} "
+                    f"{d['ms_mimi']:7.1f} {d['ms_host']:7.1f} | {d['ms_total16']:9.1f}"
+                )
+
+
+def _timed(obj: object, name: str) -> list[float]:
+    """Wrap the method ``obj.name`` (an instance attribute from now on) to add its wall time
+    to the returned one-element list."""
+    total = [0.0]
+    inner = getattr(obj, name)
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    setattr(obj, name, timed)
+    return total
 
 
 def best(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The best of each figure over runs (the lowest first-audio time, the highest RTF)."""
-    pick = {k: min if "first" in k else max for k in runs[0]}
+    """The best of each figure over runs (the lowest first-audio time and milliseconds, the
+    highest RTF)."""
+    pick = {k: min if ("first" in k or k.startswith("ms_")) else max for k in runs[0]}
     return {k: pick[k](x[k] for x in runs) for k in runs[0]}
 
 

@@ -13,6 +13,7 @@ from dsm.nn import Linear, StackedLinear
 from dsm.nn.linear import projection_dtype
 from dsm.nn.quantized import (
     INT4_GROUP_SIZES,
+    NATIVE_MAX_ROWS,
     QUANT_MODES,
     QuantizedLinear,
     check_quantize_mode,
@@ -107,7 +108,7 @@ def test_int4_packing_keeps_one_copy_and_restores_exactly() -> None:
     lin = _linear(64, 128, blocks=[32, 32])
     q = QuantizedLinear.from_linear(lin, "int4", 64)
     stored = q.qweight.clone()
-    x = torch.randn(4, 128)
+    x = torch.randn(NATIVE_MAX_ROWS + 8, 128)  # above the native kernels' rows: PyTorch's kernel
     with torch.no_grad():
         before = q(x)
     assert q.packed_bytes() > 0

@@ -35,6 +35,7 @@ import torch
 
 from dsm.generate.cuda_graph import GraphedPhase, cuda_graphs_enabled
 from dsm.generate.delay_ring import DelayRing
+from dsm.generate.depformer_frame import DepformerFrame
 from dsm.generate.sampling import SlotSampler, resolve_max_top_k
 from dsm.models.embeddings import ZERO_TOKEN_ID
 from dsm.models.lm import LMModel
@@ -215,9 +216,12 @@ class StreamingGenerator:
         stack = ExitStack()
         self.lm_ctl: StreamingControl = stack.enter_context(streaming(lm, self.B_lm, dev))
         self.dep_ctl: StreamingControl | None = None
+        self._dep_frame: DepformerFrame | None = None
         if self.has_depformer:
             assert lm.depformer is not None
             self.dep_ctl = stack.enter_context(streaming(lm.depformer, self.B_lm, dev))
+            if DepformerFrame.supports(lm):  # the flat loop, bitwise the module path's numbers
+                self._dep_frame = DepformerFrame(lm, self.B_lm, self.dep_q)
         self._stack = stack
 
         initial = [int(lm.text_initial_token_id)] + [int(lm.initial_token_id)] * self.n_q
@@ -502,9 +506,13 @@ class StreamingGenerator:
         hidden = self.hidden[:, 0]  # [B_lm, D]
         prev = self.text_token
         inputs = self.lm.depformer_inputs(hidden, self.dep_q)  # one projection per weight set
+        frame = self._dep_frame
         for cb in range(self.dep_q):
             step_prev = prev.repeat(2) if self.cfg else prev
-            logits = self.lm.depformer_step(cb, hidden, step_prev, projected=inputs[cb])
+            if frame is not None:
+                logits = frame.logits(cb, inputs[cb], step_prev)
+            else:
+                logits = self.lm.depformer_step(cb, hidden, step_prev, projected=inputs[cb])
             if self.cfg:
                 cond, null = logits[:B], logits[B:]
                 logits = null + (cond - null) * self.cfg_coef_t.to(logits.dtype)

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from dsm.errors import ConfigError
 
 from .linear import Linear, block_starts_of, blockwise, replace_linears
+from .native import kernels as native_kernels
 
 __all__ = [
     "DEFAULT_GROUP_SIZE",
@@ -65,6 +66,9 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
 _COMPUTE = torch.bfloat16
 _INT4_ROW_MULTIPLE = 16
+# Up to this many activation rows dsm's native int8 kernel (:mod:`dsm.nn.native`, weight-bound
+# products) runs where available; more rows go to PyTorch's kernel, which blocks for reuse.
+NATIVE_MAX_ROWS = 8
 # torch._weight_int8pack_mm reads past the row for other widths (wrong results, or a crash).
 _INT8_COL_MULTIPLE = 16
 
@@ -287,6 +291,13 @@ class QuantizedLinear(nn.Module):
 
     def _cpu_kernel(self, rows: torch.Tensor, block: int) -> torch.Tensor | None:
         start, end = self.block_starts[block], self.block_starts[block + 1]
+        if (
+            self.mode == "int8"
+            and rows.shape[0] <= NATIVE_MAX_ROWS
+            and (native := native_kernels()) is not None
+        ):
+            x = rows.to(torch.float32).contiguous()  # float32 activations, no bfloat16 rounding
+            return native.int8(x, self.qweight[start:end], self.scale[start:end])
         rows = rows.to(_COMPUTE).contiguous()  # the kernels read dense rows
         if self.mode == "int8":
             if self.in_features % _INT8_COL_MULTIPLE:
