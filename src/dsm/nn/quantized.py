@@ -16,7 +16,9 @@ Stored form (the buffers, also the tensors of a quantized checkpoint):
 Scales are rounded to bfloat16 *before* the weights are quantized, so the stored numbers are
 exactly those the kernels multiply with.
 
-Kernels (chosen by measurement, see the README's quantization section): on CPU PyTorch's own
+Kernels (chosen by measurement, see the README's quantization section): on CPU, int8 products
+of at most :data:`NATIVE_MAX_ROWS` rows use dsm's own AVX2 kernel (:mod:`dsm.nn.native`,
+float32 activations) where it is available; otherwise PyTorch's own
 ``torch._weight_int8pack_mm`` and ``torch._weight_int4pack_mm_for_cpu``. Both are fast only with
 bfloat16 activations (one row x ``[8448, 2048]``, 2 threads: int8 0.4 ms and int4 0.25 ms with
 bfloat16, 30 to 80 ms with float32, float32 ``F.linear`` 3.3 ms), so the module casts its input
