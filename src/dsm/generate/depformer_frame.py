@@ -31,8 +31,7 @@ from dsm.models.lm import LMModel
 from dsm.nn.attention import attend
 from dsm.nn.gating import ActivationGating
 from dsm.nn.linear import Linear, projection_dtype
-from dsm.nn.native import kernels as native_kernels
-from dsm.nn.quantized import NATIVE_MAX_ROWS, QuantizedLinear
+from dsm.nn.quantized import QuantizedLinear
 from dsm.nn.transformer import StreamingTransformer, StreamingTransformerLayer
 
 __all__ = ["DepformerFrame"]
@@ -43,14 +42,8 @@ Product = Callable[[torch.Tensor], torch.Tensor]
 def _bind(module: nn.Module, block: int, rows: int) -> Product:
     """``x [rows, K] -> [rows, N_block]``: ``module(x, block)`` with its dispatch resolved."""
     if isinstance(module, QuantizedLinear) and module.bias is None:
-        native = native_kernels()
-        if (
-            native is not None
-            and module.mode == "int8"
-            and rows <= NATIVE_MAX_ROWS
-            and module.qweight.device.type == "cpu"
-            and not torch.is_grad_enabled()
-        ):
+        native = module.native_int8(rows)
+        if native is not None and not torch.is_grad_enabled():
             start, end = module.block_starts[block], module.block_starts[block + 1]
             q, s = module.qweight[start:end], module.scale[start:end]
             native.int8(torch.zeros(rows, module.in_features), q, s)  # checks the tensors once
@@ -144,7 +137,6 @@ class DepformerFrame:
             raise ValueError("this depformer needs the module path (see DepformerFrame.supports)")
         assert isinstance(dep, StreamingTransformer)
         self.lm = lm
-        self.steps = steps
         sets = [dep.weight_set_for_step(s) for s in range(steps)]
         layer = dep._layer_list()[0]
         device, dtype = projection_dtype(layer.self_attn)  # the module path's KV cache dtype

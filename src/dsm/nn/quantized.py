@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from dsm.errors import ConfigError
 
 from .linear import Linear, block_starts_of, blockwise, replace_linears
+from .native import NativeKernels
 from .native import kernels as native_kernels
 
 __all__ = [
@@ -291,13 +292,17 @@ class QuantizedLinear(nn.Module):
             out = out + bias.to(x.dtype)
         return out.reshape(*lead, end - start)
 
+    def native_int8(self, rows: int) -> NativeKernels | None:
+        """dsm's native kernel if it computes this module's products of ``rows`` rows (int8,
+        CPU, at most :data:`NATIVE_MAX_ROWS` rows, the kernel built here), else None. The one
+        rule for :meth:`forward` and for products bound ahead of time (the depformer frame)."""
+        if self.mode != "int8" or rows > NATIVE_MAX_ROWS or self.qweight.device.type != "cpu":
+            return None
+        return native_kernels()
+
     def _cpu_kernel(self, rows: torch.Tensor, block: int) -> torch.Tensor | None:
         start, end = self.block_starts[block], self.block_starts[block + 1]
-        if (
-            self.mode == "int8"
-            and rows.shape[0] <= NATIVE_MAX_ROWS
-            and (native := native_kernels()) is not None
-        ):
+        if (native := self.native_int8(rows.shape[0])) is not None:
             x = rows.to(torch.float32).contiguous()  # float32 activations, no bfloat16 rounding
             return native.int8(x, self.qweight[start:end], self.scale[start:end])
         rows = rows.to(_COMPUTE).contiguous()  # the kernels read dense rows
