@@ -40,6 +40,15 @@ def test_fast_audio_rejects_bad_samples() -> None:
     data = msgpack.packb({"type": "Audio", "pcm": [0.0, float("inf")]}, use_single_float=True)
     with pytest.raises(ProtocolError, match="NaN or infinite"):
         parse_stt_message(data)
+    for bad in (float("nan"), float("-inf")):
+        data = encode_audio(np.array([0.1] * 1919 + [bad], dtype=np.float32))
+        with pytest.raises(ProtocolError, match="NaN or infinite"):
+            parse_stt_message(data)
+    # Huge finite samples overflow the fast check's sum of squares: the exact check keeps them.
+    huge = np.array([3e38, -3e38, 1e20, 0.5], dtype=np.float32)
+    parsed = parse_stt_message(encode_audio(huge))
+    assert isinstance(parsed, AudioIn)
+    np.testing.assert_array_equal(parsed.pcm, huge)
     truncated = msgpack.packb({"type": "Audio", "pcm": [0.5] * 20}, use_single_float=True)[:-3]
     with pytest.raises(ProtocolError, match="msgpack"):
         parse_stt_message(truncated)

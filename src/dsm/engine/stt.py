@@ -115,16 +115,19 @@ class SttChannel(Channel):
 
     def push_audio(self, pcm: np.ndarray) -> None:
         """Queue client samples (any length)."""
-        if pcm.size == 0:
+        n = len(pcm)
+        if n == 0:
             return
         with self.lock:
             if self.end_of_stream:
                 raise RuntimeError("audio after the end of the stream")
             self._chunks.append(pcm)
             self._times.append(time.monotonic())
-            self._available += int(pcm.shape[0])
-            self.received += int(pcm.shape[0])
-        self.mark_ready()
+            self._available += n
+            self.received += n
+        if self._ready is not None and not self._queued:  # mark_ready, inline (per frame)
+            self._queued = True
+            self._ready.append(self)
 
     def mark_ready(self) -> None:
         """Tell the model thread this channel has input (after queueing it: the model thread
@@ -148,6 +151,13 @@ class SttChannel(Channel):
     # -- model thread side -------------------------------------------------------------------
 
     def _take(self, n: int) -> np.ndarray:
+        """The next ``n`` queued samples (the caller copies them: a queued chunk of exactly
+        ``n`` samples comes back as it is)."""
+        if not self._head and self._chunks[0].shape[0] == n:  # a client sending whole frames
+            self.frame_arrival = self._times.popleft()
+            self._available -= n
+            self._prefix_left = max(0, self._prefix_left - n)
+            return self._chunks.popleft()
         out = np.empty(n, dtype=np.float32)
         filled = 0
         while filled < n:
@@ -196,6 +206,8 @@ class SttChannel(Channel):
 
     def _due_markers(self, step: int) -> list[ChannelEvent]:
         out: list[ChannelEvent] = []
+        if not self._markers:  # read without the lock: a marker pushed now is due later
+            return out
         with self.lock:
             while self._markers:
                 before, marker_id = self._markers[0]
@@ -221,7 +233,9 @@ class SttChannel(Channel):
             if prs is not None and client_frames > self.client_frames_reported:
                 self.client_frames_reported += 1
                 events.append(FrameDone(global_step, prs, self.buffered))
-        events += _words(self.stream.push(token))
+        pushed = self.stream.push(token)
+        if pushed:
+            events += _words(pushed)
         if self._final_done and not fed:
             events += _words(self.stream.finish())
             events += self._due_markers(step)

@@ -37,6 +37,7 @@ from dsm.server.protocol import (
     encode,
     encode_event,
     error,
+    fast_audio,
     parse_stt_message,
 )
 from dsm.server.state import SERVER_KEY, DsmServer
@@ -91,6 +92,7 @@ class _Input:
         self.channel = channel
         self.server = server
         self.parser = SttInput()  # keeps the connection's Ogg Opus decoder
+        self.wake = server.stt_module_or_fail().wake  # the module's: one per server
         idle = server.config.stt.idle_timeout_s
 
         def expire() -> None:
@@ -109,6 +111,14 @@ class _Input:
         if len(data) > INLINE_LIMIT or channel.full:
             return False
         try:
+            pcm = fast_audio(data)  # a live stream's frames: straight to the channel
+            if pcm is not None:
+                if pcm.size:
+                    channel.push_audio(pcm)
+                    self.deadline.touch()
+                    if not self.wake.is_set():  # see _wake
+                        self.wake.set()
+                return True
             parsed = parse_stt_message(data)
         except ProtocolError as exc:
             self.refuse(exc)
