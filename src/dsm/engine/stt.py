@@ -125,9 +125,7 @@ class SttChannel(Channel):
             self._times.append(time.monotonic())
             self._available += n
             self.received += n
-        if self._ready is not None and not self._queued:  # mark_ready, inline (per frame)
-            self._queued = True
-            self._ready.append(self)
+        self.mark_ready()
 
     def mark_ready(self) -> None:
         """Tell the model thread this channel has input (after queueing it: the model thread

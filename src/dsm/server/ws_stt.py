@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
 from dsm.engine.events import ChannelError
@@ -113,11 +114,7 @@ class _Input:
         try:
             pcm = fast_audio(data)  # a live stream's frames: straight to the channel
             if pcm is not None:
-                if pcm.size:
-                    channel.push_audio(pcm)
-                    self.deadline.touch()
-                    if not self.wake.is_set():  # see _wake
-                        self.wake.set()
+                self.push(pcm)
                 return True
             parsed = parse_stt_message(data)
         except ProtocolError as exc:
@@ -144,13 +141,24 @@ class _Input:
 
     def accept(self, parsed: AudioIn | MarkerIn | None) -> None:
         if isinstance(parsed, AudioIn):
-            self.channel.push_audio(parsed.pcm)
-            if parsed.pcm.size:
-                self.deadline.touch()
-            _wake(self.server)
+            self.push(parsed.pcm)
         elif isinstance(parsed, MarkerIn):
             self.channel.push_marker(parsed.id)
-            _wake(self.server)
+            self.wake_model()
+
+    def push(self, pcm: np.ndarray) -> None:
+        """Queue client samples (an empty array is ignored) and wake the model thread."""
+        if pcm.size:
+            self.channel.push_audio(pcm)
+            self.deadline.touch()
+            self.wake_model()
+
+    def wake_model(self) -> None:
+        """Wake the model thread for input just queued."""
+        # The model thread clears ``wake`` before it reads the channels, so a set flag means
+        # the input just queued will be seen; skipping the set saves a lock per message.
+        if not self.wake.is_set():
+            self.wake.set()
 
 
 async def _receive_loop(ws: DirectWebSocket, channel: SttChannel, source: _Input) -> None:
@@ -184,14 +192,6 @@ async def _receive_loop(ws: DirectWebSocket, channel: SttChannel, source: _Input
     finally:
         ws.set_binary_handler(None)
         deadline.cancel()
-
-
-def _wake(server: DsmServer) -> None:
-    # The model thread clears ``wake`` before it reads the channels, so a set flag means the
-    # input just queued will be seen; skipping the set saves a lock per message.
-    wake = server.stt_module_or_fail().wake
-    if not wake.is_set():
-        wake.set()
 
 
 async def _parse(parser: SttInput, data: bytes, server: DsmServer) -> AudioIn | MarkerIn | None:
