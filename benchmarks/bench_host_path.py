@@ -9,7 +9,9 @@ driven by ``dsm loadtest`` in several separate processes (``--client-procs``) so
 are not measured. Reported per session count:
 
 * **us/frame**: the server process's CPU time during the load (all its threads) divided by the
-  session-frames its model loop consumed; also split into event-loop thread and model thread;
+  session-frames its model loop consumed; also split into event-loop thread and model thread.
+  With the lean load this is the steady state: it starts once every stream is connected, and
+  the connections' own cost (handshake, slot, ``Ready``) is its own column, per session;
 * **loop lag p99**: how late a 5 ms timer on the server's event loop fires (TTS rounds: a
   100 ms one, ``--tts-lag-period-ms``: a wake-up costs this VM's loop about 100 us, more than a
   TTS frame's host work). The timer is the benchmark's, not the server's: its own CPU time (a
@@ -165,14 +167,29 @@ def measure(
     url = f"ws://127.0.0.1:{server.running.port}"
     loop_tid = server.thread.native_id
     models = model_thread_ids(server)
-    lag.take()
-    frames0, cpu0, wall0 = ZeroCostEngine.frames, thread_cpu_seconds(), time.monotonic()
-    sys0 = sum(thread_cpu_seconds(kernel_only=True).values())
+    marks: dict[str, Any] = {}
+
+    def start() -> None:
+        # The steady state: from here (every stream connected, for the lean load) to the end.
+        marks["profile"] = _start_profile(server) if args.profile else None
+        lag.take()
+        marks["connect_cpu"] = sum(thread_cpu_seconds().values()) - connect0
+        marks.update(frames0=ZeroCostEngine.frames, cpu0=thread_cpu_seconds(),
+                     wall0=time.monotonic(),
+                     sys0=sum(thread_cpu_seconds(kernel_only=True).values()))  # fmt: skip
+
+    time.sleep(1.0)  # the previous round's sessions end (close handshakes, slots released)
+    connect0 = sum(thread_cpu_seconds().values())
     if args.load == "lean":
-        report = lean_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
+        report = lean_load(url, sessions, seconds, args.late_ms, args.client_procs, speed, start)
     else:
+        start()
         report = external_load(url, sessions, seconds, args.late_ms, args.client_procs, speed)
+    frames0, cpu0, wall0, sys0 = marks["frames0"], marks["cpu0"], marks["wall0"], marks["sys0"]
+    profile = marks["profile"]
     frames, cpu1 = ZeroCostEngine.frames - frames0, thread_cpu_seconds()
+    if profile is not None:
+        _end_profile(server, profile, Path(args.profile), sessions)
     kernel = sum(thread_cpu_seconds(kernel_only=True).values()) - sys0
     wall = time.monotonic() - wall0
     spent = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
@@ -192,12 +209,51 @@ def measure(
         "us_loop": on_loop * per,
         "us_model": on_model * per,
         "us_monitor": monitor * per,
+        "connect_us": 1e6 * marks["connect_cpu"] / sessions if args.load == "lean" else None,
         "cpu_cores": total / wall,
         "lag_p99_ms": 1e3 * float(np.percentile(lags, 99)) if lags else float("nan"),
         "late": report.late_frames,
         "errors": len(report.errors),
         "completed": report.completed,
     }
+
+
+def _start_profile(server: ServerThread) -> tuple[Any, Any]:
+    """cProfiles of the event loop's thread and of the model thread (its ``iterate`` calls), in
+    each thread's CPU time (wall-clock time would charge waits for the interpreter lock to
+    whatever happened to be running)."""
+    import cProfile
+
+    loop_prof = cProfile.Profile(time.thread_time_ns, 1e-9)
+    model_prof = cProfile.Profile(time.thread_time_ns, 1e-9)
+    server.call(loop_prof.enable)
+    iterate = engine_stt.SttModule.iterate
+
+    def profiled(module: Any) -> bool:
+        model_prof.enable()
+        try:
+            return iterate(module)
+        finally:
+            model_prof.disable()
+
+    engine_stt.SttModule.iterate = profiled  # type: ignore[method-assign]
+    model_prof.original = iterate
+    return loop_prof, model_prof
+
+
+def _end_profile(server: ServerThread, profs: tuple[Any, Any], directory: Path, n: int) -> None:
+    """Stop the profiles, save them to ``directory`` and print their top functions."""
+    import pstats
+
+    loop_prof, model_prof = profs
+    server.call(loop_prof.disable)
+    engine_stt.SttModule.iterate = model_prof.original  # type: ignore[method-assign]
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, prof in (("loop", loop_prof), ("model", model_prof)):
+        path = directory / f"{name}-{n}.prof"
+        prof.dump_stats(str(path))
+        print(f"  {name} thread profile: {path}", file=sys.stderr)
+        pstats.Stats(str(path), stream=sys.stderr).sort_stats("tottime").print_stats(25)
 
 
 @dataclass
@@ -211,9 +267,11 @@ class LeanReport:
 
 
 def lean_load(
-    url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float
-) -> LeanReport:
-    """``n`` streams from ``procs`` processes of ``benchmarks/lean_load.py``."""
+    url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float,
+    connected: Any = None,
+) -> LeanReport:  # fmt: skip
+    """``n`` streams from ``procs`` processes of ``benchmarks/lean_load.py``; ``connected()`` is
+    called once every stream has its ``Ready``, before any audio is sent."""
     import subprocess
 
     script = Path(__file__).resolve().parent / "lean_load.py"
@@ -227,12 +285,24 @@ def lean_load(
     children = [
         subprocess.Popen(
             [sys.executable, str(script), "--url", f"{url}/api/asr-streaming", "-n", str(k),
-             "--seconds", str(seconds), "--speed", str(speed), "--late-ms", str(late_ms)],
-            stdout=subprocess.PIPE, preexec_fn=pin,
+             "--seconds", str(seconds), "--speed", str(speed), "--late-ms", str(late_ms),
+             "--barrier"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pin,
         )
         for k in shares if k
     ]  # fmt: skip
+    for child in children:  # every stream connected...
+        assert child.stdout is not None
+        line = child.stdout.readline().decode().strip()
+        if line != "connected":
+            raise RuntimeError(f"lean_load.py did not connect: {line!r}")
+    if connected is not None:
+        connected()
     merged = LeanReport()
+    for child in children:  # ...then all start streaming
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
     for child in children:
         part = json.loads(child.communicate()[0].decode().strip().splitlines()[-1])
         merged.late_frames += part["late_frames"]
@@ -376,6 +446,13 @@ def main() -> None:
         "streams in real time on a small machine) or dsm loadtest (a full client, with its "
         "flush of silence at the end)",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="profile the event loop's thread and the model thread during each STT round (CPU "
+        "time; the profiler inflates the costs): DIR/loop-N.prof and DIR/model-N.prof, their "
+        "top functions printed",
+    )
     parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     speeds = args.speed * len(args.sessions) if len(args.speed) == 1 else args.speed
@@ -454,12 +531,14 @@ def print_tables(args: Any, results: dict[str, dict[str, list[dict[str, Any]]]])
         f"ms, {slots} slots, {args.client_procs} {args.load} client processes, "
         f"{os.cpu_count()} cores{pinning(args)})",
         ["sessions", "speed", "frames/s", "us/frame", "of it kernel", "loop us", "model us",
-         "server cores", "loop lag p99 ms", "monitor us", "late", "errors"],
+         "server cores", "loop lag p99 ms", "monitor us", "connect us/session", "late",
+         "errors"],
         results, "stt",
         lambda r: [str(r["sessions"]), f"{r['speed']:g}", f"{r['frames_per_s']:.0f}",
                    f"{r['us_frame']:.1f}", f"{r['us_kernel']:.1f}", f"{r['us_loop']:.1f}",
                    f"{r['us_model']:.1f}", f"{r['cpu_cores']:.2f}", f"{r['lag_p99_ms']:.1f}",
-                   f"{r.get('us_monitor', 0.0):.1f}", str(r["late"]), str(r["errors"])],
+                   f"{r.get('us_monitor', 0.0):.1f}", _connect(r), str(r["late"]),
+                   str(r["errors"])],
     )  # fmt: skip
     _table(
         "Host cost per TTS frame sent (tiny TTS model; the CPU time of its steps and slot "
@@ -472,6 +551,11 @@ def print_tables(args: Any, results: dict[str, dict[str, list[dict[str, Any]]]])
                    f"{r['us_engine']:.0f}", f"{r['lag_p99_ms']:.1f}",
                    f"{r.get('us_monitor', 0.0):.1f}", str(r["errors"])],
     )  # fmt: skip
+
+
+def _connect(row: dict[str, Any]) -> str:
+    value = row.get("connect_us")
+    return "-" if value is None else f"{value:.0f}"
 
 
 def pinning(args: Any) -> str:

@@ -7,7 +7,9 @@ WebSocket handshake, then one pre-encoded, pre-masked ``Audio`` frame of 80 ms p
 80 ms (``--speed``: faster or slower), the streams' phases spread over the period, on
 asyncio protocols with no WebSocket library. It reads the server's frames, counts ``Step``
 messages (one per frame the model consumed) and times each against the frame it answers.
-After its frames each stream closes. Prints one JSON report.
+After its frames each stream closes. Prints one JSON report. With ``--barrier`` it prints
+``connected`` once every stream has its ``Ready`` and waits for a line on stdin before it
+streams (the benchmark measures the steady state apart from the connections).
 
     python benchmarks/lean_load.py --url ws://127.0.0.1:8080/api/asr-streaming -n 512
 """
@@ -121,7 +123,9 @@ class Stream(asyncio.Protocol):
             self.ready.set_result(None)
 
 
-async def run(url: str, sessions: int, seconds: float, speed: float, late_ms: float) -> dict:
+async def run(
+    url: str, sessions: int, seconds: float, speed: float, late_ms: float, barrier: bool = False
+) -> dict:
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     path = parsed.path or "/api/asr-streaming"
@@ -142,6 +146,9 @@ async def run(url: str, sessions: int, seconds: float, speed: float, late_ms: fl
         )
         streams.append(stream)
         await ready  # Ready (or a refusal)
+    if barrier:  # tell the parent every stream is connected; start when it says so
+        print("connected", flush=True)
+        await loop.run_in_executor(None, input)
     frames = max(1, round(seconds / FRAME_SECONDS))
     period = FRAME_SECONDS / speed
     sent: list[list[float]] = [[] for _ in streams]
@@ -193,8 +200,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--late-ms", type=float, default=250.0)
+    parser.add_argument("--barrier", action="store_true", help="wait for stdin to stream")
     args = parser.parse_args()
-    report = asyncio.run(run(args.url, args.sessions, args.seconds, args.speed, args.late_ms))
+    report = asyncio.run(
+        run(args.url, args.sessions, args.seconds, args.speed, args.late_ms, args.barrier)
+    )
     print(json.dumps(report))
 
 

@@ -86,6 +86,12 @@ class SttModuleConfig:
     max_upload_seconds: float = 7200.0
     warmup_steps: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("max_buffered_seconds", "idle_timeout_s", "max_pending_messages"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"[stt] {name} must be positive, got {value!r}")
+
 
 @dataclass
 class TtsModuleConfig:

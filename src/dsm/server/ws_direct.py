@@ -60,11 +60,14 @@ _BINARY = WSMsgType.BINARY
 _QUEUE_LIMIT = 2**16  # aiohttp's default: its queue pauses the socket over twice this
 
 
+_SMALL_HEADS = [bytes((0x82, n)) for n in range(126)]  # the header of a payload under 126 bytes
+
+
 def frame(payload: bytes) -> bytes:
     """One unmasked binary WebSocket frame (FIN set) holding ``payload``."""
     n = len(payload)
     if n < 126:
-        return bytes((0x82, n)) + payload
+        return _SMALL_HEADS[n] + payload
     if n < 1 << 16:
         return b"\x82\x7e" + n.to_bytes(2, "big") + payload
     return b"\x82\x7f" + n.to_bytes(8, "big") + payload
