@@ -60,3 +60,12 @@ def test_voice_settings_are_read_and_checked(tmp_path: Path) -> None:
     bad.write_text('[tts]\nunknown_voice = "silent"\n')
     with pytest.raises(ConfigError, match="unknown_voice must be one of default, error"):
         load_server_config(bad)
+
+
+@pytest.mark.parametrize("line", ["max_buffered_seconds = 0", "idle_timeout_s = -1.0"])
+def test_stt_limits_must_be_positive(tmp_path: Path, line: str) -> None:
+    # A zero bound would refuse every frame (the channel always "full") instead of failing here.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[stt]\n{line}\n")
+    with pytest.raises(ConfigError, match=r"\[stt\] .* must be positive"):
+        load_server_config(bad)
