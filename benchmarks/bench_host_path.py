@@ -276,18 +276,13 @@ def lean_load(
 
     script = Path(__file__).resolve().parent / "lean_load.py"
     shares = [n // procs + (i < n % procs) for i in range(procs)]
-    cpus = bench_server.CLIENT_CPUS
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
     children = [
         subprocess.Popen(
             [sys.executable, str(script), "--url", f"{url}/api/asr-streaming", "-n", str(k),
              "--seconds", str(seconds), "--speed", str(speed), "--late-ms", str(late_ms),
              "--barrier"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pin,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            preexec_fn=bench_server.pin_to_client_cpus,
         )
         for k in shares if k
     ]  # fmt: skip
@@ -372,7 +367,7 @@ def measure_tts(sessions: int, text: str, procs: int, lag_period: float) -> dict
         subprocess.Popen(
             [sys.executable, "-c", _LOADTEST, "loadtest", "--url", url, "--api-key", "",
              "-n", "0", "--tts-sessions", str(k), "--tts-text", text, "--json"],
-            stdout=subprocess.PIPE, env=env,
+            stdout=subprocess.PIPE, env=env, preexec_fn=bench_server.pin_to_client_cpus,
         )
         for k in shares if k
     ]  # fmt: skip

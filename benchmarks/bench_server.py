@@ -287,6 +287,13 @@ _LOADTEST = (
 CLIENT_CPUS: set[int] = set()  # CPUs the load processes run on (empty: anywhere)
 
 
+def pin_to_client_cpus() -> None:
+    """``preexec_fn`` of a load process: run it on :data:`CLIENT_CPUS` (a child inherits the
+    benchmark's own affinity, the server's CPUs, otherwise)."""
+    if CLIENT_CPUS:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+
+
 def external_load(
     url: str, n: int, seconds: float, late_ms: float, procs: int, speed: float = 1.0
 ) -> LoadtestReport:
@@ -294,18 +301,12 @@ def external_load(
     times real time); merged report."""
     shares = [n // procs + (i < n % procs) for i in range(procs)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    cpus = CLIENT_CPUS
-
-    def pin() -> None:  # in the child, before it runs
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _LOADTEST, "loadtest", "--url", url, "--api-key", "", "-n",
              str(k), "--seconds", str(seconds), "--late-ms", str(late_ms), "--speed", str(speed),
              "--json"],
-            stdout=subprocess.PIPE, env=env, preexec_fn=pin,
+            stdout=subprocess.PIPE, env=env, preexec_fn=pin_to_client_cpus,
         )
         for k in shares if k
     ]  # fmt: skip
