@@ -126,3 +126,36 @@ def test_build_failure_falls_back(
         assert "DSM_NATIVE_KERNELS=0" in caplog.text
     finally:
         native._load.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("capability", "amx", "native_by_default"),
+    [("AVX2", False, True), ("AVX512", False, False), ("AVX512", True, True)],
+)
+def test_auto_setting_follows_the_measured_rule(
+    monkeypatch: pytest.MonkeyPatch, capability: str, amx: bool, native_by_default: bool
+) -> None:
+    """``auto``: the kernels on AVX2 CPUs and on AVX-512 CPUs with AMX, PyTorch's on other
+    AVX-512 CPUs (where PyTorch's were measured faster); ``1`` forces them everywhere."""
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(native, "_cpu_has_flag", lambda flag: amx and flag == "amx_int8")
+    monkeypatch.setenv("DSM_NATIVE_KERNELS", "auto")
+    reason = native._unavailable_reason()
+    assert (reason is None) == native_by_default, reason
+    if reason is not None:
+        assert "DSM_NATIVE_KERNELS=1 forces" in reason
+    monkeypatch.setenv("DSM_NATIVE_KERNELS", "1")
+    assert native._unavailable_reason() is None
+
+
+def test_cpu_flags_are_read_from_cpuinfo() -> None:
+    import platform
+
+    if platform.system() != "Linux":
+        pytest.skip("/proc/cpuinfo is Linux's")
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    assert native._cpu_has_flag("no_such_flag_xyz") is False
+    if flags:
+        assert native._cpu_has_flag(flags[0]) is True
