@@ -173,13 +173,15 @@ def measure(
         # The steady state: from here (every stream connected, for the lean load) to the end.
         marks["profile"] = _start_profile(server) if args.profile else None
         lag.take()
-        marks["connect_cpu"] = sum(thread_cpu_seconds().values()) - connect0
+        marks["connect_cpu"] = time.process_time() - connect0
         marks.update(frames0=ZeroCostEngine.frames, cpu0=thread_cpu_seconds(),
                      wall0=time.monotonic(),
                      sys0=sum(thread_cpu_seconds(kernel_only=True).values()))  # fmt: skip
 
     time.sleep(1.0)  # the previous round's sessions end (close handshakes, slots released)
-    connect0 = sum(thread_cpu_seconds().values())
+    # The whole process's CPU time: it keeps that of threads that ended (a per-thread sum,
+    # as for the load below, would lose it and can go down).
+    connect0 = time.process_time()
     if args.load == "lean":
         report = lean_load(url, sessions, seconds, args.late_ms, args.client_procs, speed, start)
     else:
@@ -218,38 +220,47 @@ def measure(
     }
 
 
-def _start_profile(server: ServerThread) -> tuple[Any, Any]:
+@dataclass
+class _Profiles:
+    """The running cProfiles of one round and the ``SttModule.iterate`` they wrap."""
+
+    loop: Any
+    model: Any
+    iterate: Any
+
+
+def _start_profile(server: ServerThread) -> _Profiles:
     """cProfiles of the event loop's thread and of the model thread (its ``iterate`` calls), in
     each thread's CPU time (wall-clock time would charge waits for the interpreter lock to
     whatever happened to be running)."""
     import cProfile
 
-    loop_prof = cProfile.Profile(time.thread_time_ns, 1e-9)
-    model_prof = cProfile.Profile(time.thread_time_ns, 1e-9)
-    server.call(loop_prof.enable)
-    iterate = engine_stt.SttModule.iterate
+    profs = _Profiles(
+        loop=cProfile.Profile(time.thread_time_ns, 1e-9),
+        model=cProfile.Profile(time.thread_time_ns, 1e-9),
+        iterate=engine_stt.SttModule.iterate,
+    )
+    server.call(profs.loop.enable)
 
     def profiled(module: Any) -> bool:
-        model_prof.enable()
+        profs.model.enable()
         try:
-            return iterate(module)
+            return bool(profs.iterate(module))
         finally:
-            model_prof.disable()
+            profs.model.disable()
 
     engine_stt.SttModule.iterate = profiled  # type: ignore[method-assign]
-    model_prof.original = iterate
-    return loop_prof, model_prof
+    return profs
 
 
-def _end_profile(server: ServerThread, profs: tuple[Any, Any], directory: Path, n: int) -> None:
+def _end_profile(server: ServerThread, profs: _Profiles, directory: Path, n: int) -> None:
     """Stop the profiles, save them to ``directory`` and print their top functions."""
     import pstats
 
-    loop_prof, model_prof = profs
-    server.call(loop_prof.disable)
-    engine_stt.SttModule.iterate = model_prof.original  # type: ignore[method-assign]
+    server.call(profs.loop.disable)
+    engine_stt.SttModule.iterate = profs.iterate  # type: ignore[method-assign]
     directory.mkdir(parents=True, exist_ok=True)
-    for name, prof in (("loop", loop_prof), ("model", model_prof)):
+    for name, prof in (("loop", profs.loop), ("model", profs.model)):
         path = directory / f"{name}-{n}.prof"
         prof.dump_stats(str(path))
         print(f"  {name} thread profile: {path}", file=sys.stderr)

@@ -111,8 +111,7 @@ class SttChannel(Channel):
     @property
     def full(self) -> bool:
         """The queue is over its bound: the connection should stop reading for a while."""
-        # ``buffered >= max_buffered_samples`` without the clamp at 0 (the bound is positive).
-        return self._available - self._prefix_left >= self.max_buffered_samples
+        return self.buffered >= self.max_buffered_samples
 
     def push_audio(self, pcm: np.ndarray) -> None:
         """Queue client samples (any length)."""

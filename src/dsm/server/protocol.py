@@ -79,7 +79,6 @@ _AUDIO_PREFIX = b"\x82\xa4type\xa5Audio\xa3pcm"
 _F32_ITEM = np.dtype([("tag", "u1"), ("value", ">f4")])  # msgpack float32: 0xca + big-endian
 _F32_TAG = b"\xca"
 _F32_BE = np.dtype(">f4")
-_TAGS: dict[int, bytes] = {}  # count -> count float32 tags (the few frame sizes clients use)
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -175,12 +174,7 @@ def fast_audio(data: bytes) -> np.ndarray | None:
         return None
     if not count:
         return np.zeros(0, dtype=np.float32)
-    tags = _TAGS.get(count)
-    if tags is None:
-        tags = _F32_TAG * count
-        if len(_TAGS) < 64:
-            _TAGS[count] = tags
-    if data[pos::5] != tags:
+    if data[pos::5] != _F32_TAG * count:
         return None  # float64 or integer samples: the generic path converts them
     # The values: big-endian float32 every 5 bytes, after each tag (a strided view, one copy).
     pcm = np.ndarray((count,), _F32_BE, data, pos + 1, (5,)).astype(np.float32)

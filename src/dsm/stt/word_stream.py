@@ -141,8 +141,9 @@ class WordStream:
 
     def push(self, step: int, token: int) -> list[WordEvent]:
         """Feed the token emitted at ``step``; returns the events it completes, in order."""
-        if not (self._pending or self._open) and self.padding_id >= token != self.end_of_padding_id:
-            return []  # padding with nothing pending or open: most steps of a live stream
+        idle = not (self._pending or self._open)
+        if idle and token <= self.padding_id and token != self.end_of_padding_id:
+            return []  # padding with nothing to flush or expire: most steps of a live stream
         events: list[WordEvent] = []
         if token > self.padding_id:
             if self._segment_start is None:
